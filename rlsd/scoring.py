@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlsd.algorithm import gather_token_logp, token_entropy
 from rlsd.inputs import PromptBatch
 
 
@@ -61,14 +62,8 @@ def score_responses(model, prompts: PromptBatch, response_ids_BT: torch.Tensor, 
     """Log-probs (+ entropies, + logits) of the response tokens under `prompts`. Differentiable."""
     logits_BTV = response_logits(model, prompts, response_ids_BT, response_mask_BT, suppress_V, temperature)
     mask_BT = response_mask_BT.to(logits_BTV.device).bool()
-    log_z_BT = torch.logsumexp(logits_BTV, dim=-1)
-    tokens_BT = response_ids_BT.to(logits_BTV.device)
-    logp_BT = logits_BTV.gather(-1, tokens_BT.unsqueeze(-1)).squeeze(-1) - log_z_BT
-    logp_BT = logp_BT.masked_fill(~mask_BT, 0.0)
-    entropy_BT = None
-    if with_entropy:
-        probs_BTV = torch.softmax(logits_BTV, dim=-1)
-        entropy_BT = (log_z_BT - (probs_BTV * logits_BTV).sum(-1)).masked_fill(~mask_BT, 0.0)
+    logp_BT = gather_token_logp(logits_BTV, response_ids_BT.to(logits_BTV.device)).masked_fill(~mask_BT, 0.0)
+    entropy_BT = token_entropy(logits_BTV).masked_fill(~mask_BT, 0.0) if with_entropy else None
     return TokenScores(logp_BT=logp_BT, entropy_BT=entropy_BT, logits_BTV=logits_BTV if keep_logits else None)
 
 
