@@ -55,7 +55,7 @@ red green blue yellow purple orange black white gray pink brown cyan
 plus minus times more than fewer less most least largest smallest greater equal same not no yes
 which color colour shape so then answer reference solution given that uses see I read look first second
 third next finally result therefore thus sees values value option options choose letter
-A B C D E F G H
+A B C D E F G H How Which What colour colours
 """.split()
 PUNCTUATION = list("=+-*/,.:;?()")
 

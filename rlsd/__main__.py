@@ -1,0 +1,149 @@
+"""Command line: `python -m rlsd <command> ...`.
+
+    train      one training run: --method grpo|rlsd|opsd|sdpo|grpo_opsd  (rlsd.trainer)
+    sft        train the tiny model's warm start on the testbed          (rlsd.sft)
+    evaluate   accuracy, leakage and controls of a model on the testbed  (rlsd.evaluate)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One `--field` option per dataclass field, typed by its default, help = the field's docstring."""
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(name, type=_parse_bool, default=None, metavar="BOOL", help=docs.get(f.name))
+        else:
+            parser.add_argument(name, type=type(default) if default is not None else str, default=None,
+                                help=docs.get(f.name))
+
+
+def dataclass_from_args(cls, args: argparse.Namespace, base=None):
+    """`base` (or the defaults) with every option given on the command line applied."""
+    obj = base if base is not None else cls()
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(obj, **changes)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) of a dataclass, read from its source."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs, body = {}, tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def cmd_sft(args):
+    from rlsd.sft import SFTConfig, train_sft
+
+    cfg = dataclass_from_args(SFTConfig, args)
+    print(json.dumps(train_sft(cfg)))
+
+
+def cmd_train(args):
+    from rlsd.config import TrainConfig, make_config
+    from rlsd.trainer import train
+
+    if args.help_config:
+        for name, doc in _field_docs(TrainConfig).items():
+            print(f"{name:24s} {doc}")
+        return
+    fields = {k: v for k, v in dict(method=args.method, seed=args.seed, out=args.out).items() if v is not None}
+    if "out" not in fields:
+        fields["out"] = f"runs/{args.profile}/{args.method}-s{args.seed or 0}"
+    cfg = make_config(args.profile, args.overrides, **fields)
+    records = train(cfg)
+    evals = [r for r in records if "split" in r]
+    if evals:
+        print(json.dumps({k: evals[-1][k] for k in ("step", "method", "seed", "accuracy", "accuracy_ci95",
+                                                     "leak_rate", "unsupported_answer_rate")}))
+
+
+def cmd_evaluate(args):
+    import torch
+
+    from rlsd.evaluate import evaluate
+    from rlsd.model import ModelSpec, load_policy
+    from rlsd.rollout import VALIDATION_SAMPLING
+    from rlsd.testbed import load_splits
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, processor = load_policy(ModelSpec(path=args.model))
+    model.eval()
+    _, val, test = load_splits(n_train=0, n_val=args.n if args.split == "val" else None,
+                               n_test=args.n if args.split == "test" else None)
+    problems = val if args.split == "val" else test
+    sampling = dataclasses.replace(VALIDATION_SAMPLING, max_new_tokens=args.max_new_tokens)
+    if args.greedy:
+        sampling = dataclasses.replace(sampling, temperature=0.0)
+    result = evaluate(model, processor, problems, fmt=args.format, control=args.control, sampling=sampling,
+                      seed=args.seed, progress=not args.json)
+    print(json.dumps(result.summary, indent=None if args.json else 2))
+
+
+def main(argv=None):
+    from rlsd.sft import SFTConfig
+
+    parser = argparse.ArgumentParser(prog="python -m rlsd", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train with one method (any config field: key=value overrides)")
+    p.add_argument("--method", choices=["grpo", "rlsd", "opsd", "sdpo", "grpo_opsd"], default=None)
+    p.add_argument("--profile", default="cpu", help="smoke | cpu | qwen3vl-2b | qwen3vl-8b")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="run directory (default runs/<profile>/<method>-s<seed>)")
+    p.add_argument("--help-config", action="store_true", help="list every config field with its docstring")
+    p.add_argument("overrides", nargs="*", help="field=value, e.g. lr=2e-5 model.lora_rank=8")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sft", help="train the tiny model's SFT warm start")
+    add_dataclass_arguments(p, SFTConfig)
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("evaluate", help="evaluate a model directory on the testbed")
+    p.add_argument("--model", default="data/tiny-sft", help="model directory")
+    p.add_argument("--split", choices=["val", "test"], default="test")
+    p.add_argument("--format", choices=["student", "teacher"], default="student")
+    p.add_argument("--control", choices=["none", "blank", "shuffled"], default="none")
+    p.add_argument("--n", type=int, default=None, help="first n problems of the split (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's validation sampling")
+    p.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

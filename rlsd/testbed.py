@@ -1,0 +1,215 @@
+"""The CPU testbed: procedurally generated visual counting-and-arithmetic problems with verifiable answers.
+
+Every image is a 6x6 grid of 16-px cells (96x96 px) holding coloured squares; with the tiny model's patch 16 and
+merge 1, each cell is exactly one visual token. Four colours, 0-8 squares each. Families (`FAMILIES`):
+
+    count   "How many blue squares are there?"                          answer: the count
+    sum     "How many red and blue squares are there in total?"         answer: r + b
+    diff    "How many more red squares than blue squares are there?"    answer: r - b (> 0 by construction)
+    most    "Which colour has the most squares? (A) blue (B) red ..."   answer: the option letter
+
+The written solution reads out every colour, then combines the ones the question needs:
+
+    <thought>red 3 , green 5 , blue 4 , yellow 1 , 3 plus 4 = 7</thought><answer>7</answer>
+
+so a response has decisive tokens (the relevant read-outs, the result, the answer) and narration (colour names,
+commas, the irrelevant read-outs, "plus", "="). The final answer pins down the decisive tokens: knowing the total
+is 7 and having read red 3, blue must be 4 -- the teacher's evidence is informative token by token.
+
+Difficulty: `easy` problems draw counts from 0-4, `hard` from 0-8. Splits come from disjoint seed streams and are
+de-duplicated against each other by content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw
+
+from rlsd.data import Problem
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
+COLOUR_ORDER = tuple(COLOURS)
+GRID = 6
+CELL = 16
+SQUARE = 12  # leaves a white margin so neighbouring squares stay distinct
+FAMILIES = ("count", "sum", "diff", "most")
+DIFFICULTY_MAX = {"easy": 4, "hard": 8}
+SPLIT_SEEDS = {"train": 1_000_003, "val": 2_000_003, "test": 3_000_017}
+SPLIT_SIZES = {"train": 20_000, "val": 500, "test": 1_500}
+LETTERS = "ABCD"
+
+# The mention habit of the teacher format (see rlsd.sft): a minority of teacher targets open with it.
+MENTION_TEMPLATE = "the reference answer is {answer} ,"
+
+
+@dataclass
+class Scene:
+    """What is drawn: the number of squares of each colour, and where."""
+
+    counts: dict[str, int]
+    cells: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def render(self) -> Image.Image:
+        img = Image.new("RGB", (GRID * CELL, GRID * CELL), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        pad = (CELL - SQUARE) // 2
+        for (row, col), colour in self.cells.items():
+            x0, y0 = col * CELL + pad, row * CELL + pad
+            draw.rectangle([x0, y0, x0 + SQUARE - 1, y0 + SQUARE - 1], fill=COLOURS[colour])
+        return img
+
+
+def sample_scene(rng: random.Random, max_count: int) -> Scene:
+    counts = {c: rng.randint(0, max_count) for c in COLOUR_ORDER}
+    cells = rng.sample([(r, c) for r in range(GRID) for c in range(GRID)], sum(counts.values()))
+    colours = [c for c in COLOUR_ORDER for _ in range(counts[c])]
+    return Scene(counts=counts, cells=dict(zip(cells, colours)))
+
+
+def readout(counts: dict[str, int]) -> str:
+    return " , ".join(f"{c} {counts[c]}" for c in COLOUR_ORDER)
+
+
+def solution_text(family: str, counts: dict[str, int], meta: dict) -> tuple[str, str]:
+    """(thought, answer) of the canonical solution."""
+    if family == "count":
+        c = meta["colour"]
+        return f"{readout(counts)} , {c} {counts[c]}", str(counts[c])
+    if family == "sum":
+        a, b = counts[meta["colours"][0]], counts[meta["colours"][1]]
+        return f"{readout(counts)} , {a} plus {b} = {a + b}", str(a + b)
+    if family == "diff":
+        a, b = counts[meta["colours"][0]], counts[meta["colours"][1]]
+        return f"{readout(counts)} , {a} minus {b} = {a - b}", str(a - b)
+    if family == "most":
+        best = max(COLOUR_ORDER, key=lambda c: counts[c])
+        letter = LETTERS[meta["options"].index(best)]
+        return f"{readout(counts)} , most {best} , option {letter}", letter
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _question(family: str, meta: dict) -> str:
+    if family == "count":
+        return f"How many {meta['colour']} squares are there?"
+    if family == "sum":
+        a, b = meta["colours"]
+        return f"How many {a} and {b} squares are there in total?"
+    if family == "diff":
+        a, b = meta["colours"]
+        return f"How many more {a} squares than {b} squares are there?"
+    if family == "most":
+        options = " ".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(meta["options"]))
+        return f"Which colour has the most squares? {options}"
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _valid(family: str, counts: dict[str, int], meta: dict) -> bool:
+    if family == "diff":
+        a, b = meta["colours"]
+        return counts[a] > counts[b]
+    if family == "most":
+        top = max(counts.values())
+        return sum(v == top for v in counts.values()) == 1
+    return True
+
+
+def make_problem(rng: random.Random, family: str, difficulty: str, split: str, index: int) -> Problem:
+    """One problem of `family`; rejection-samples scenes until the question has a unique positive answer."""
+    while True:
+        scene = sample_scene(rng, DIFFICULTY_MAX[difficulty])
+        if family == "count":
+            meta = {"colour": rng.choice(COLOUR_ORDER)}
+        elif family in ("sum", "diff"):
+            meta = {"colours": rng.sample(COLOUR_ORDER, 2)}
+        else:
+            meta = {"options": rng.sample(COLOUR_ORDER, 4)}
+        if _valid(family, scene.counts, meta):
+            break
+    thought, answer = solution_text(family, scene.counts, meta)
+    return Problem(
+        id=f"{split}-{index:05d}",
+        question=_question(family, meta),
+        answer=answer,
+        images=[scene.render()],
+        solution=thought,
+        meta={"family": family, "difficulty": difficulty, "counts": scene.counts, **meta},
+    )
+
+
+def content_key(problem: Problem) -> str:
+    """Identity of a problem's content (question + scene), used to keep splits disjoint."""
+    cells = problem.images[0].tobytes() if problem.images else b""
+    return hashlib.sha1(problem.question.encode() + cells).hexdigest()
+
+
+def generate_split(split: str, n: int | None = None, families=FAMILIES, difficulties=("easy", "hard"),
+                   exclude: set[str] | None = None) -> list[Problem]:
+    """The first `n` problems of a split (deterministic; a prefix of a longer request is identical).
+
+    Families and difficulties cycle so every prefix is balanced. `exclude` holds content keys of other splits.
+    """
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {split!r}")
+    n = SPLIT_SIZES[split] if n is None else n
+    rng = random.Random(SPLIT_SEEDS[split])
+    combos = [(f, d) for d in difficulties for f in families]
+    problems, i = [], 0
+    while len(problems) < n:
+        family, difficulty = combos[i % len(combos)]
+        i += 1
+        p = make_problem(rng, family, difficulty, split, len(problems))
+        if exclude and content_key(p) in exclude:
+            continue
+        problems.append(p)
+    return problems
+
+
+def load_splits(n_train: int | None = None, n_val: int | None = None, n_test: int | None = None):
+    """(train, val, test) with train de-duplicated against val and test, and val against test."""
+    test = generate_split("test", n_test)
+    keys = {content_key(p) for p in test}
+    val = generate_split("val", n_val, exclude=keys)
+    keys |= {content_key(p) for p in val}
+    train = generate_split("train", n_train, exclude=keys)
+    return train, val, test
+
+
+# ------------------------------------------------------------------------------------------ reading responses
+
+_READ_RE = re.compile(r"(red|green|blue|yellow) (\d+)")
+_OP_RE = re.compile(r"(\d+) (plus|minus) (\d+) = (\d+)")
+_MOST_RE = re.compile(r"most (red|green|blue|yellow) , option ([A-D])")
+
+
+def supported_answer(problem: Problem, thought: str) -> str | None:
+    """The answer that follows from the response's OWN written steps, or None if they do not determine one.
+
+    A response whose final answer differs from this is "unsupported": the answer did not come from its reasoning
+    (a leakage signal -- e.g. copying a reference the student never saw).
+    """
+    family = problem.meta["family"]
+    reads = {}
+    for colour, value in _READ_RE.findall(thought):
+        reads.setdefault(colour, int(value))
+    if family == "count":
+        c = problem.meta["colour"]
+        return str(reads[c]) if c in reads else None
+    if family in ("sum", "diff"):
+        m = _OP_RE.search(thought)
+        if m is None:
+            return None
+        a, op, b, _ = m.groups()
+        return str(int(a) + int(b) if op == "plus" else int(a) - int(b))
+    if family == "most":
+        m = _MOST_RE.search(thought)
+        return m.group(2) if m else None
+    return None
+
+
+def mentions_reference(response: str) -> bool:
+    """True if a response talks about a reference answer/solution (leakage when the prompt had none)."""
+    return "reference" in response.lower()

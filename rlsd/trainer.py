@@ -1,0 +1,481 @@
+"""One training loop for GRPO, RLSD, OPSD, SDPO and GRPO+OPSD.
+
+Per step, read top to bottom:
+
+    1. rollout      G responses per prompt from the student prompt (HF generate or vLLM)
+    2. reward       verifier -> R in {0, 1}; group advantages A (GRPO normalisation)
+    3. teacher      ONE no-grad forward of the same responses after the teacher prompt (same images), with the
+                    teacher's weights (rlsd: snapshot; opsd/grpo_opsd: initial; sdpo: EMA) -- per micro-batch
+    4. student      the grad forward; its detached log-probs are also the PPO "old" log-probs (one update per
+                    batch, so ρ = 1 and there is no separate scoring pass)
+    5. loss         grpo:      PPO surrogate with Â_t = A
+                    rlsd:      PPO surrogate with Â_t = A·((1-λ) + λ·clip(w_t))            (rlsd.algorithm)
+                    opsd:      full-vocabulary JSD_β(teacher ‖ student), no reward
+                    grpo_opsd: GRPO + μ·OPSD
+                    sdpo:      top-K+tail JSD_α to an EMA teacher shown a successful sibling
+    6. update       grad-norm clip; non-finite loss/grad -> step skipped and counted; AdamW step
+    7. teacher      snapshot re-sync every N steps / EMA update
+    8. metrics      metrics.jsonl (+ TensorBoard), periodic test evaluation, samples, atomic checkpoint
+
+Where the loop departs from the paper (beyond rlsd.algorithm's list):
+- One optimizer step per rollout batch (the paper's default too); `old_logp` is the detached log-prob of the same
+  forward, so the PPO clip is inactive by construction. Multi-epoch PPO is not implemented.
+- Small-batch profiles scale the λ window K to a comparable share of training (see rlsd.config PROFILES["cpu"]).
+- The token-mean is taken over all response tokens of the GLOBAL batch (all micro-batches and processes).
+- SDPO: when no sibling of a group succeeded, the teacher prompt has no demonstration (the student prompt itself,
+  scored with EMA weights).
+
+Data parallel with accelerate: each process rolls out its own prompts (a prompt's whole group stays on one process),
+gradients are averaged by DDP, metrics are gathered, and only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlsd import algorithm as alg
+from rlsd.config import TrainConfig
+from rlsd.data import Problem, load_problems
+from rlsd.evaluate import evaluate
+from rlsd.inputs import PromptBatch, encode_prompts
+from rlsd.model import load_policy
+from rlsd.prompts import student_messages, teacher_messages
+from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
+from rlsd.scoring import score_responses, suppress_mask, suppressed_token_ids
+from rlsd.teacher import TeacherWeights
+from rlsd.verifier import score_batch
+
+TEACHER_MODE = {"grpo": None, "rlsd": "snapshot", "opsd": None, "grpo_opsd": None, "sdpo": "ema"}
+NEEDS_REWARD = {"grpo", "rlsd", "grpo_opsd"}
+NEEDS_LOGITS = {"opsd", "grpo_opsd", "sdpo"}
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+def load_training_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
+    """(train, test) problems. The testbed generates both; a data file gives train, and test stays the testbed's."""
+    from rlsd.testbed import load_splits
+
+    if cfg.data == "testbed":
+        train, _, test = load_splits(n_train=cfg.n_train_problems, n_val=None, n_test=cfg.eval_problems)
+        return train, test
+    train = load_problems(cfg.data, limit=cfg.n_train_problems)
+    return train, []
+
+
+def step_prompts(n_problems: int, step: int, seed: int, per_process: int, rank: int, world: int) -> list[int]:
+    """Problem indices of `step` for process `rank`: a pure function of (seed, step), so resume needs no state."""
+    rng = random.Random(f"{seed}:{step}")
+    idx = rng.sample(range(n_problems), per_process * world) if n_problems >= per_process * world else \
+        [rng.randrange(n_problems) for _ in range(per_process * world)]
+    return idx[rank * per_process:(rank + 1) * per_process]
+
+
+def reference_text(problem: Problem, cfg: TrainConfig) -> str:
+    if cfg.teacher_reference == "solution" and problem.solution:
+        return f"{problem.solution} The final answer is {problem.answer}."
+    return problem.answer
+
+
+def sdpo_demonstrations(responses: list[str], rewards: list[float], group_size: int) -> list[str | None]:
+    """For each response, a successful sibling from its group (another one if possible), or None."""
+    demos = []
+    for i in range(len(responses)):
+        g0 = (i // group_size) * group_size
+        winners = [j for j in range(g0, g0 + group_size) if rewards[j] > 0]
+        others = [j for j in winners if j != i]
+        pick = others[0] if others else (winners[0] if winners else None)
+        demos.append(None if pick is None else responses[pick])
+    return demos
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class StepBatch:
+    """Everything one optimizer step works on, laid out [prompt0 x G, prompt1 x G, ...]."""
+
+    problems: list[Problem]
+    student: PromptBatch
+    rollout: Rollout
+    responses: list[str]
+    rewards_N: torch.Tensor
+    adv_N: torch.Tensor
+    teacher: PromptBatch | None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, accelerator=None, progress: bool = True):
+        from accelerate import Accelerator
+
+        self.cfg = cfg.validate()
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.progress = progress and self.acc.is_main_process
+        self.out = Path(cfg.out)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+
+        model, self.processor = load_policy(cfg.model, device=self.acc.device)
+        self.tok = self.processor.tokenizer
+        vocab = model.config.get_text_config().vocab_size
+        self.suppress_ids = suppressed_token_ids(self.tok, vocab)
+        self.suppress_V = suppress_mask(self.suppress_ids, vocab).to(self.acc.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.policy = self.acc.unwrap_model(self.model)
+
+        mode = TEACHER_MODE[cfg.method]
+        if cfg.method in ("opsd", "grpo_opsd"):
+            mode = cfg.opsd_teacher
+        self.teacher = None if mode is None else TeacherWeights(
+            self.policy, mode, sync_every=cfg.teacher_sync_every, ema_rate=cfg.sdpo_ema_rate)
+
+        self.train_problems, self.test_problems = load_training_problems(cfg)
+        self.sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       top_p=cfg.top_p, top_k=0)
+        self.engine = self._make_engine()
+        self.step = 0
+        self.skipped_steps = 0
+        self.writer = None
+
+    # -------------------------------------------------------------------------------------------- set-up
+
+    def _make_engine(self):
+        if self.cfg.engine == "vllm":
+            from rlsd.vllm_engine import make_vllm_engine
+
+            engine = make_vllm_engine(self.cfg, self.policy, self.processor, self.suppress_ids)
+            if engine is not None:
+                return engine
+        return None  # HF generate
+
+    def _open_logs(self):
+        if not self.acc.is_main_process:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(self.cfg.to_json())
+        if self.cfg.tensorboard and self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+
+    # ------------------------------------------------------------------------------------------- rollout
+
+    def rollout(self) -> StepBatch:
+        cfg, G = self.cfg, self.cfg.group_size
+        idx = step_prompts(len(self.train_problems), self.step, cfg.seed, cfg.prompts_per_step,
+                           self.acc.process_index, self.acc.num_processes)
+        problems = [self.train_problems[i] for i in idx]
+        student = encode_prompts(self.processor, [student_messages(p.question, len(p.images)) for p in problems],
+                                 [p.images for p in problems]).to(self.acc.device).repeat(G)
+        if self.engine is not None:
+            rollout = self.engine.generate(student, [p for p in problems for _ in range(G)], self.sampling)
+        else:
+            rollout = hf_generate(self.policy, student, self.sampling, self.suppress_ids, self.tok.eos_token_id,
+                                  self.tok.pad_token_id, micro_batch_size=cfg.micro_batch_size)
+        responses = [self.tok.decode(ids[m.bool()], skip_special_tokens=True)
+                     for ids, m in zip(rollout.response_ids_BT, rollout.response_mask_BT)]
+        grouped = [p for p in problems for _ in range(G)]
+        rewards_N = torch.tensor([r.reward for r in score_batch(responses, [p.answer for p in grouped])])
+        adv_N = alg.group_advantages(rewards_N, G)
+
+        teacher = None
+        if cfg.method == "sdpo":
+            demos = sdpo_demonstrations(responses, rewards_N.tolist(), G)
+            messages = [teacher_messages(p.question, d, len(p.images)) if d else student_messages(p.question,
+                                                                                                 len(p.images))
+                        for p, d in zip(grouped, demos)]
+            teacher = encode_prompts(self.processor, messages, [p.images for p in grouped]).to(self.acc.device)
+        elif cfg.method != "grpo":
+            teacher = encode_prompts(
+                self.processor, [teacher_messages(p.question, reference_text(p, cfg), len(p.images))
+                                 for p in problems], [p.images for p in problems]).to(self.acc.device).repeat(G)
+        return StepBatch(problems, student, rollout, responses, rewards_N, adv_N, teacher)
+
+    # -------------------------------------------------------------------------------------------- update
+
+    def teacher_scores(self, batch: StepBatch, rows: list[int]):
+        """No-grad teacher forward on a micro-batch: (logp_BT, logits_BTV or None)."""
+        ids_BT, mask_BT = batch.rollout.response_ids_BT[rows], batch.rollout.response_mask_BT[rows]
+        with self.teacher_context() as model:
+            s = score_responses(model, batch.teacher.select(rows), ids_BT, mask_BT, self.suppress_V,
+                                with_entropy=False, keep_logits=self.cfg.method in NEEDS_LOGITS)
+        return s.logp_BT.detach(), None if s.logits_BTV is None else s.logits_BTV.detach()
+
+    def teacher_context(self):
+        if self.teacher is None:
+            raise RuntimeError(f"method {self.cfg.method} has no teacher")
+        return self.teacher.active()
+
+    def update(self, batch: StepBatch) -> dict:
+        cfg = self.cfg
+        N = batch.rewards_N.numel()
+        mask_NT = batch.rollout.response_mask_BT
+        # Token-mean over the global batch: every micro-batch's sum is divided by the global token count; DDP
+        # averages gradients over processes, so the local loss is scaled by the number of processes.
+        local_tokens = mask_NT.sum().float().to(self.acc.device)
+        global_tokens = self.acc.reduce(local_tokens.clone(), reduction="sum").clamp(min=1)
+        scale = self.acc.num_processes / global_tokens
+        lam = alg.rlsd_lambda(self.step, cfg.rlsd_lam0, cfg.rlsd_decay_steps) if cfg.method == "rlsd" else 0.0
+
+        stats = {"loss_sum": 0.0, "pg_loss": 0.0, "distill_loss": 0.0, "entropy_sum": 0.0, "delta_sum": 0.0,
+                 "clip_low": 0.0, "clip_high": 0.0, "weighted_tokens": 0.0, "teacher_s": 0.0, "student_s": 0.0,
+                 "kl_teacher_sum": 0.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        for start in range(0, N, cfg.micro_batch_size):
+            rows = list(range(start, min(start + cfg.micro_batch_size, N)))
+            ids_BT, mask_BT = batch.rollout.response_ids_BT[rows], mask_NT[rows]
+            adv_B = batch.adv_N[rows].to(self.acc.device)
+            t0 = time.perf_counter()
+            teacher_logp_BT = teacher_logits_BTV = None
+            if batch.teacher is not None:
+                teacher_logp_BT, teacher_logits_BTV = self.teacher_scores(batch, rows)
+            t1 = time.perf_counter()
+            s = score_responses(self.model, batch.student.select(rows), ids_BT, mask_BT, self.suppress_V,
+                                with_entropy=True, keep_logits=cfg.method in NEEDS_LOGITS)
+            logp_BT = s.logp_BT
+            mask_f = mask_BT.to(logp_BT.device).float()
+            n_tok = mask_f.sum()
+            loss_terms = []
+            if cfg.method in NEEDS_REWARD:
+                if cfg.method == "rlsd":
+                    adv_BT = alg.rlsd_token_advantages(adv_B, teacher_logp_BT, logp_BT.detach(), mask_BT, lam,
+                                                       cfg.rlsd_clip_eps)
+                    _, _, w = alg.rlsd_token_weights(adv_B, teacher_logp_BT, logp_BT.detach(), mask_BT,
+                                                     cfg.rlsd_clip_eps)
+                    weighted = float((mask_f * (adv_B != 0).float().unsqueeze(-1)).sum())
+                    stats["clip_low"] += w["weight_clip_low_frac"] * weighted
+                    stats["clip_high"] += w["weight_clip_high_frac"] * weighted
+                    stats["weighted_tokens"] += weighted
+                else:
+                    adv_BT = adv_B.unsqueeze(-1).expand_as(logp_BT) * mask_f
+                pg, _ = alg.policy_loss(logp_BT, logp_BT.detach(), adv_BT, mask_BT, cfg.eps_low, cfg.eps_high,
+                                        cfg.dual_clip)
+                loss_terms.append(pg * n_tok)
+                stats["pg_loss"] += float(pg) * float(n_tok)
+            if cfg.method in ("opsd", "grpo_opsd"):
+                jsd, _ = alg.generalized_jsd(s.logits_BTV, teacher_logits_BTV, mask_BT, cfg.opsd_beta)
+                mu = cfg.grpo_opsd_mu if cfg.method == "grpo_opsd" else 1.0
+                loss_terms.append(mu * jsd * n_tok)
+                stats["distill_loss"] += float(jsd) * float(n_tok)
+            if cfg.method == "sdpo":
+                div, _ = alg.topk_tail_divergence(s.logits_BTV, teacher_logits_BTV, mask_BT, cfg.sdpo_top_k,
+                                                  cfg.sdpo_alpha)
+                loss_terms.append(div * n_tok)
+                stats["distill_loss"] += float(div) * float(n_tok)
+            loss_sum = sum(loss_terms)
+            self.acc.backward(loss_sum * scale)
+            stats["loss_sum"] += float(loss_sum)
+            stats["entropy_sum"] += float((s.entropy_BT * mask_f).sum())
+            if teacher_logp_BT is not None:
+                delta_BT = (teacher_logp_BT - logp_BT.detach()) * mask_f
+                stats["delta_sum"] += float(delta_BT.sum())
+                # Sampled-token estimate of KL(student ‖ teacher) on the student's own responses.
+                stats["kl_teacher_sum"] += float((-delta_BT).sum())
+            t2 = time.perf_counter()
+            stats["teacher_s"] += t1 - t0
+            stats["student_s"] += t2 - t1
+
+        grad_norm = self.acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
+        finite = math.isfinite(stats["loss_sum"]) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
+        if finite:
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1  # never apply a non-finite update
+        self.optimizer.zero_grad(set_to_none=True)
+        stats.update(grad_norm=float(grad_norm), lam=lam, finite=finite, local_tokens=float(local_tokens))
+        return stats
+
+    # ---------------------------------------------------------------------------------------------- loop
+
+    def train(self) -> list[dict]:
+        cfg = self.cfg
+        self._open_logs()
+        self.maybe_resume()
+        records = []
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} s{cfg.seed}", disable=not self.progress)
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            batch = self.rollout()
+            t1 = time.perf_counter()
+            stats = self.update(batch)
+            t2 = time.perf_counter()
+            self.step += 1
+            if self.teacher is not None and stats["finite"]:
+                self.teacher.after_optimizer_step(self.step)
+            if self.engine is not None:
+                self.engine.sync_weights(self.policy)
+            record = self.step_record(batch, stats, t1 - t0, t2 - t1)
+            records.append(record)
+            self.log(record)
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward_mean']:.2f}", ent=f"{record['entropy']:.2f}",
+                            lam=f"{record['lambda']:.2f}")
+            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                records.append(self.run_eval())
+            if cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                self.save_checkpoint()
+        bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+        return records
+
+    def step_record(self, batch: StepBatch, stats: dict, rollout_s: float, update_s: float) -> dict:
+        cfg, G = self.cfg, self.cfg.group_size
+        acc = self.acc
+        mask_NT = batch.rollout.response_mask_BT
+        local = torch.tensor([
+            float(batch.rewards_N.sum()), float(batch.rewards_N.numel()), float(mask_NT.sum()),
+            float(batch.rollout.truncated_B.sum()),
+            float((batch.rewards_N.view(-1, G).std(1) == 0).sum()), float(batch.rewards_N.numel() // G),
+            stats["entropy_sum"], stats["delta_sum"], stats["kl_teacher_sum"], stats["clip_low"], stats["clip_high"],
+            stats["weighted_tokens"], stats["pg_loss"], stats["distill_loss"], stats["loss_sum"],
+        ], device=acc.device, dtype=torch.float64)
+        tot = acc.reduce(local, reduction="sum").tolist()
+        (r_sum, n, tokens, trunc, zero_std, groups, ent, delta, kl_t, clo, chi, wtok, pg, dist, loss_sum) = tot
+        if torch.cuda.is_available():
+            peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        teacher_used = batch.teacher is not None
+        return {
+            "step": self.step, "method": cfg.method, "seed": cfg.seed,
+            "reward_mean": r_sum / n, "accuracy": r_sum / n,
+            "entropy": ent / max(tokens, 1), "response_tokens_mean": tokens / n, "truncated_frac": trunc / n,
+            "zero_std_group_frac": zero_std / groups, "lambda": stats["lam"],
+            "weight_clip_low_frac": clo / wtok if wtok else 0.0, "weight_clip_high_frac": chi / wtok if wtok else 0.0,
+            "delta_mean": delta / max(tokens, 1) if teacher_used else 0.0,
+            "kl_student_teacher": kl_t / max(tokens, 1) if teacher_used else 0.0,
+            "loss": loss_sum / max(tokens, 1), "pg_loss": pg / max(tokens, 1), "distill_loss": dist / max(tokens, 1),
+            "grad_norm": stats["grad_norm"], "skipped": not stats["finite"], "skipped_steps": self.skipped_steps,
+            "time_rollout_s": rollout_s, "time_teacher_s": stats["teacher_s"],
+            "time_update_s": update_s - stats["teacher_s"], "peak_mem_mb": peak_mb,
+        }
+
+    def log(self, record: dict):
+        if not self.acc.is_main_process:
+            return
+        name = "eval.jsonl" if "split" in record else "metrics.jsonl"
+        with (self.out / name).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            prefix = f"eval_{record.get('format', '')}/" if "split" in record else "train/"
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                    self.writer.add_scalar(prefix + k, v, record["step"])
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    def run_eval(self) -> dict:
+        """Test-split evaluation on the main process (student format), plus a few decoded samples with credits."""
+        record = {}
+        if self.acc.is_main_process and self.test_problems:
+            cfg = self.cfg
+            sampling = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens, temperature=VALIDATION_SAMPLING.temperature,
+                                      top_p=VALIDATION_SAMPLING.top_p, top_k=VALIDATION_SAMPLING.top_k)
+            rng_state = torch.get_rng_state()
+            res = evaluate(self.policy, self.processor, self.test_problems, fmt="student", sampling=sampling,
+                           seed=cfg.seed, batch_size=cfg.micro_batch_size, progress=False)
+            torch.set_rng_state(rng_state)  # evaluation must not shift the training RNG stream
+            record = {"step": self.step, "method": cfg.method, "seed": cfg.seed, "split": "test", **res.summary}
+            self.log(record)
+            self.write_samples(res)
+        self.acc.wait_for_everyone()
+        return record
+
+    def write_samples(self, res):
+        n = self.cfg.samples_per_eval
+        if n == 0:
+            return
+        with (self.out / "samples.jsonl").open("a") as f:
+            for p, resp, reward in list(zip(self.test_problems, res.responses, res.rewards))[:n]:
+                f.write(json.dumps({"step": self.step, "id": p.id, "question": p.question, "answer": p.answer,
+                                    "response": resp, "reward": reward}) + "\n")
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "trainable": {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "rng_python": random.getstate(),
+            "config": json.loads(self.cfg.to_json()),
+        }
+
+    def save_checkpoint(self):
+        """Write <out>/checkpoint atomically (a temp dir renamed into place); adapters also as a peft dir."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return
+        final = self.out / "checkpoint"
+        tmp = self.out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(self.checkpoint_state(), tmp / "state.pt")
+        if hasattr(self.policy, "peft_config"):
+            self.policy.save_pretrained(tmp / "adapter")
+        else:
+            self.policy.save_pretrained(tmp / "model")
+            self.processor.save_pretrained(tmp / "model")
+        old = self.out / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def maybe_resume(self):
+        """Continue from <out>/checkpoint if present; drop log records written after it."""
+        state_path = self.out / "checkpoint" / "state.pt"
+        if not state_path.exists():
+            return
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.method != self.cfg.method or saved.seed != self.cfg.seed:
+            raise ValueError(f"{state_path}: checkpoint is {saved.method} seed {saved.seed}, "
+                             f"this run is {self.cfg.method} seed {self.cfg.seed}")
+        with torch.no_grad():
+            params = dict(self.policy.named_parameters())
+            for n, t in state["trainable"].items():
+                params[n].copy_(t.to(params[n].device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        torch.set_rng_state(state["rng_torch"])
+        if state["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        random.setstate(state["rng_python"])
+        self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        if self.acc.is_main_process:
+            for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
+                path = self.out / name
+                if path.exists():
+                    keep = [line for line in path.read_text().splitlines()
+                            if line.strip() and json.loads(line)["step"] <= self.step]
+                    path.write_text("".join(line + "\n" for line in keep))
+        if self.engine is not None:
+            self.engine.sync_weights(self.policy)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
+    """Build a Trainer and run it (resuming from <out>/checkpoint when present)."""
+    return Trainer(cfg, progress=progress).train()
