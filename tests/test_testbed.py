@@ -1,0 +1,174 @@
+"""The CPU testbed: generators, splits, written solutions, the data loader's errors, evaluation helpers."""
+
+import io
+import json
+import random
+
+import pytest
+from PIL import Image
+
+from rlsd.data import DataError, load_problems
+from rlsd.evaluate import apply_control, majority_baseline, wilson_interval
+from rlsd.testbed import (CELL, COLOURS, FAMILIES, GRID, content_key, generate_split, load_splits, make_problem,
+                          mentions_reference, supported_answer)
+from rlsd.tiny import build_tokenizer
+
+
+def test_generation_is_deterministic_and_prefix_stable():
+    a = generate_split("test", 40)
+    b = generate_split("test", 80)[:40]
+    assert [p.question for p in a] == [p.question for p in b]
+    assert [p.answer for p in a] == [p.answer for p in b]
+    assert all(x.images[0].tobytes() == y.images[0].tobytes() for x, y in zip(a, b))
+
+
+def test_splits_are_disjoint_and_balanced():
+    train, val, test = load_splits(n_train=3000, n_val=300, n_test=600)
+    keys = [{content_key(p) for p in split} for split in (train, val, test)]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    assert len({p.id for p in train + val + test}) == 3900
+    for split in (train, val, test):
+        families = [p.meta["family"] for p in split]
+        assert {f: families.count(f) for f in FAMILIES} == {f: len(split) // 4 for f in FAMILIES}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_encodes_the_counts(family):
+    """Count the coloured cells in the rendered image and compare with the scene's counts."""
+    rng = random.Random(7)
+    for i in range(10):
+        p = make_problem(rng, family, "hard", "test", i)
+        img = p.images[0]
+        assert img.size == (GRID * CELL, GRID * CELL)
+        seen = {c: 0 for c in COLOURS}
+        for r in range(GRID):
+            for c in range(GRID):
+                pixel = img.getpixel((c * CELL + CELL // 2, r * CELL + CELL // 2))
+                for name, rgb in COLOURS.items():
+                    seen[name] += pixel == rgb
+        assert seen == p.meta["counts"]
+
+
+def test_solutions_are_correct_and_supported():
+    for p in generate_split("val", 200):
+        counts, meta = p.meta["counts"], p.meta
+        fam = meta["family"]
+        if fam == "count":
+            expected = counts[meta["colour"]]
+        elif fam == "sum":
+            expected = counts[meta["colours"][0]] + counts[meta["colours"][1]]
+        elif fam == "diff":
+            expected = counts[meta["colours"][0]] - counts[meta["colours"][1]]
+            assert expected > 0
+        else:
+            best = max(counts, key=counts.get)
+            assert sorted(counts.values())[-1] > sorted(counts.values())[-2]  # unique maximum
+            expected = "ABCD"[meta["options"].index(best)]
+        assert p.answer == str(expected)
+        assert supported_answer(p, p.solution) == p.answer
+
+
+def test_supported_answer_detects_answers_that_do_not_follow():
+    p = next(q for q in generate_split("test", 20) if q.meta["family"] == "sum")
+    a, b = (p.meta["counts"][c] for c in p.meta["colours"])
+    thought = f"red 1 , green 1 , blue 1 , yellow 1 , {a} plus {b} = {a + b + 1}"
+    assert supported_answer(p, thought) == str(a + b)  # the steps say a+b, whatever the written result
+    assert supported_answer(p, "no steps at all") is None
+
+
+def test_mentions_reference():
+    assert mentions_reference("<thought>the reference answer is 7 , red 3</thought>")
+    assert not mentions_reference("<thought>red 3 , green 4</thought><answer>7</answer>")
+
+
+def test_testbed_text_is_compact_under_the_tiny_tokenizer():
+    tok = build_tokenizer()
+    for p in generate_split("test", 8):
+        response = f"<thought>{p.solution}</thought><answer>{p.answer}</answer>"
+        n = len(tok(response)["input_ids"])
+        assert n <= 25, (response, n)  # one token per word / number
+        assert tok.decode(tok(response)["input_ids"]) == response
+
+
+def test_majority_baseline_and_wilson():
+    problems = generate_split("test", 400)
+    base = majority_baseline(problems)
+    assert 0.15 < base < 0.4
+    lo, hi = wilson_interval(50, 100)
+    assert lo < 0.5 < hi and abs((hi - lo) - 0.194) < 0.01
+    assert wilson_interval(0, 0) == [0.0, 0.0]
+
+
+def test_controls():
+    problems = generate_split("test", 8)
+    blank = apply_control(problems, "blank")
+    assert all(im[0].getextrema() == ((255, 255),) * 3 for im in blank)
+    shuffled = apply_control(problems, "shuffled", seed=1)
+    assert sorted(id(im[0]) for im in shuffled) == sorted(id(p.images[0]) for p in problems)
+    assert [id(im[0]) for im in shuffled] != [id(p.images[0]) for p in problems]
+    with pytest.raises(ValueError, match="control"):
+        apply_control(problems, "upside-down")
+
+
+# --------------------------------------------------------------------------------------------- data loader
+
+
+def _png_bytes():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_loader_reads_paths_and_parquet_bytes(tmp_path):
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "a.png")
+    f = _write_jsonl(tmp_path / "d.jsonl", [
+        {"question": "q1", "answer": 3, "image": "a.png", "solution": "because"},
+        {"question": "q2", "answer": "B", "images": ["a.png", "a.png"], "id": "x", "source": "s"},
+        {"question": "q3", "answer": "\\frac{1}{2}"},
+    ])
+    problems = load_problems(f)
+    assert [p.answer for p in problems] == ["3", "B", "\\frac{1}{2}"]
+    assert [len(p.images) for p in problems] == [1, 2, 0]
+    assert problems[0].solution == "because" and problems[1].id == "x" and problems[1].meta == {"source": "s"}
+    assert problems[0].images[0].getpixel((0, 0)) == (9, 9, 9)
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"question": ["q"], "answer": ["4"], "image": [{"bytes": _png_bytes(), "path": None}]}),
+                   tmp_path / "d.parquet")
+    (p,) = load_problems(tmp_path / "d.parquet")
+    assert p.images[0].getpixel((0, 0)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"answer": "1"}, r"row 1: field 'question' is missing"),
+    ({"question": "q"}, r"row 1: field 'answer' is missing"),
+    ({"question": "q", "answer": " "}, r"row 1: field 'answer' is missing or empty"),
+    ({"question": "q", "answer": "1", "image": "missing.png"}, r"row 1: field 'image'\[0\]: image file not found"),
+    ({"question": "q", "answer": "1", "images": ["ok.png", "bad.png"]},
+     r"row 1: field 'images'\[1\]: unreadable image"),
+])
+def test_loader_errors_name_file_row_and_field(tmp_path, row, message):
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    f = _write_jsonl(tmp_path / "d.jsonl", [{"question": "fine", "answer": "1"}, row])
+    with pytest.raises(DataError, match=message) as err:
+        load_problems(f)
+    assert str(f) in str(err.value)
+
+
+def test_loader_rejects_bad_json_and_unknown_types(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"question": "q", "answer": "1"}\n{oops\n')
+    with pytest.raises(DataError, match="row 1: invalid JSON"):
+        load_problems(f)
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_problems(_write_jsonl(tmp_path / "d.csv", []))
+    with pytest.raises(DataError, match="file not found"):
+        load_problems(tmp_path / "nope.jsonl")
