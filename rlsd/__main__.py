@@ -1,6 +1,8 @@
 """Command line: `python -m rlsd <command> ...`.
 
+    reproduce  THE main job: all methods x seeds on the testbed, evaluation, figures  (rlsd.reproduce)
     train      one training run: --method grpo|rlsd|opsd|sdpo|grpo_opsd  (rlsd.trainer)
+    bench      step time by phase for every method on the same batch      (rlsd.bench)
     sft        train the tiny model's warm start on the testbed          (rlsd.sft)
     evaluate   accuracy, leakage and controls of a model on the testbed  (rlsd.evaluate)
 """
@@ -87,6 +89,32 @@ def cmd_train(args):
                                                      "leak_rate", "unsupported_answer_rate")}))
 
 
+def cmd_reproduce(args):
+    from rlsd.reproduce import reproduce
+
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    summary = reproduce(args.profile, seeds=seeds, runs_dir=args.runs_dir, logs_dir=args.logs_dir,
+                        overrides=args.overrides)
+    print(json.dumps(summary["table"], indent=2))
+    print(f"wall time: {summary['wall_time_s'] / 60:.1f} min")
+
+
+def cmd_bench(args):
+    from rlsd.bench import run_bench
+
+    result = run_bench(args.profile, args.overrides, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"batch: {result['batch']}  one no-grad forward: {result['no_grad_forward_s']:.3f} s")
+    for method, t in result["methods"].items():
+        print(f"{method:10s} step {t['step_s']:.3f} s = rollout {t['rollout_s']:.3f} + teacher {t['teacher_s']:.3f}"
+              f" + update {t['update_s']:.3f}")
+    if "rlsd_over_grpo" in result:
+        print(f"rlsd/grpo = {result['rlsd_over_grpo']:.3f}; "
+              f"overhead / forward = {result['rlsd_overhead_over_forward']:.2f}")
+
+
 def cmd_evaluate(args):
     import torch
 
@@ -124,6 +152,21 @@ def main(argv=None):
     p.add_argument("--help-config", action="store_true", help="list every config field with its docstring")
     p.add_argument("overrides", nargs="*", help="field=value, e.g. lr=2e-5 model.lora_rank=8")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reproduce", help="the CPU reproduction: all methods x seeds, evaluation, figures")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--runs-dir", default="runs", help="where full runs (with checkpoints) go")
+    p.add_argument("--logs-dir", default=None, help="where the small logs go (default data/runs/<profile>)")
+    p.add_argument("overrides", nargs="*", help="field=value config overrides for every run")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("bench", help="step time by phase for every method on the same batch")
+    p.add_argument("--profile", default="smoke")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", help="field=value config overrides")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("sft", help="train the tiny model's SFT warm start")
     add_dataclass_arguments(p, SFTConfig)

@@ -16,6 +16,15 @@ so a response has decisive tokens (the relevant read-outs, the result, the answe
 commas, the irrelevant read-outs, "plus", "="). The final answer pins down the decisive tokens: knowing the total
 is 7 and having read red 3, blue must be 4 -- the teacher's evidence is informative token by token.
 
+Perception is noisy on purpose: each square's colour is its colour's prototype plus Gaussian noise (sd
+`COLOUR_NOISE` per RGB channel, the same for the whole square, so it cannot be averaged away). Some squares are
+therefore genuinely ambiguous and even an ideal observer (nearest prototype per square) answers only ~65% of the
+test split correctly. This gives the warm-started student a real plateau below 100% (SFT cannot simply keep
+climbing), leaves RL room to sharpen sampling towards the most likely reading, and makes the reference answer
+informative exactly where the image is ambiguous -- the paper's premise that the answer changes the model's belief
+about the steps. Without noise a ~1M-parameter model passed 70% student accuracy within 1,000 SFT steps and was
+still climbing.
+
 Difficulty: `easy` problems draw counts from 0-4, `hard` from 0-8. Splits come from disjoint seed streams and are
 de-duplicated against each other by content.
 """
@@ -33,6 +42,7 @@ from rlsd.data import Problem
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 70), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 COLOUR_ORDER = tuple(COLOURS)
+COLOUR_NOISE = 55.0  # sd of the per-square RGB noise; ideal-observer test accuracy ~65% (tests/test_testbed.py)
 GRID = 6
 CELL = 16
 SQUARE = 12  # leaves a white margin so neighbouring squares stay distinct
@@ -52,6 +62,8 @@ class Scene:
 
     counts: dict[str, int]
     cells: dict[tuple[int, int], str] = field(default_factory=dict)
+    rgb: dict[tuple[int, int], tuple[int, int, int]] = field(default_factory=dict)
+    """The noisy colour each square is drawn with."""
 
     def render(self) -> Image.Image:
         img = Image.new("RGB", (GRID * CELL, GRID * CELL), (255, 255, 255))
@@ -59,15 +71,17 @@ class Scene:
         pad = (CELL - SQUARE) // 2
         for (row, col), colour in self.cells.items():
             x0, y0 = col * CELL + pad, row * CELL + pad
-            draw.rectangle([x0, y0, x0 + SQUARE - 1, y0 + SQUARE - 1], fill=COLOURS[colour])
+            draw.rectangle([x0, y0, x0 + SQUARE - 1, y0 + SQUARE - 1], fill=self.rgb.get((row, col), COLOURS[colour]))
         return img
 
 
-def sample_scene(rng: random.Random, max_count: int) -> Scene:
+def sample_scene(rng: random.Random, max_count: int, noise: float = COLOUR_NOISE) -> Scene:
     counts = {c: rng.randint(0, max_count) for c in COLOUR_ORDER}
     cells = rng.sample([(r, c) for r in range(GRID) for c in range(GRID)], sum(counts.values()))
     colours = [c for c in COLOUR_ORDER for _ in range(counts[c])]
-    return Scene(counts=counts, cells=dict(zip(cells, colours)))
+    rgb = {cell: tuple(min(255, max(0, round(v + rng.gauss(0.0, noise)))) for v in COLOURS[colour])
+           for cell, colour in zip(cells, colours)}
+    return Scene(counts=counts, cells=dict(zip(cells, colours)), rgb=rgb)
 
 
 def readout(counts: dict[str, int]) -> str:
@@ -117,10 +131,11 @@ def _valid(family: str, counts: dict[str, int], meta: dict) -> bool:
     return True
 
 
-def make_problem(rng: random.Random, family: str, difficulty: str, split: str, index: int) -> Problem:
+def make_problem(rng: random.Random, family: str, difficulty: str, split: str, index: int,
+                 noise: float = COLOUR_NOISE) -> Problem:
     """One problem of `family`; rejection-samples scenes until the question has a unique positive answer."""
     while True:
-        scene = sample_scene(rng, DIFFICULTY_MAX[difficulty])
+        scene = sample_scene(rng, DIFFICULTY_MAX[difficulty], noise)
         if family == "count":
             meta = {"colour": rng.choice(COLOUR_ORDER)}
         elif family in ("sum", "diff"):
@@ -136,8 +151,42 @@ def make_problem(rng: random.Random, family: str, difficulty: str, split: str, i
         answer=answer,
         images=[scene.render()],
         solution=thought,
-        meta={"family": family, "difficulty": difficulty, "counts": scene.counts, **meta},
+        meta={"family": family, "difficulty": difficulty, "counts": scene.counts,
+              "cells": {f"{r},{c}": colour for (r, c), colour in scene.cells.items()}, **meta},
     )
+
+
+def read_cells(image: Image.Image) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """The colour at the centre of every non-white cell of a testbed image."""
+    cells = {}
+    for r in range(GRID):
+        for c in range(GRID):
+            rgb = image.getpixel((c * CELL + CELL // 2, r * CELL + CELL // 2))
+            if rgb != (255, 255, 255):
+                cells[(r, c)] = rgb
+    return cells
+
+
+def ideal_observer_answer(problem: Problem) -> str:
+    """The answer of an observer that classifies every square by its nearest colour prototype (no learning).
+
+    An upper reference for what reading the noisy image can give; not exactly Bayes-optimal for the question
+    (that would sum over readings), but close.
+    """
+    def nearest(rgb):
+        return min(COLOUR_ORDER, key=lambda name: sum((a - b) ** 2 for a, b in zip(rgb, COLOURS[name])))
+
+    seen = [nearest(rgb) for rgb in read_cells(problem.images[0]).values()]
+    counts = {c: seen.count(c) for c in COLOUR_ORDER}
+    meta = problem.meta
+    family = meta["family"]
+    if family == "count":
+        return str(counts[meta["colour"]])
+    if family == "sum":
+        return str(counts[meta["colours"][0]] + counts[meta["colours"][1]])
+    if family == "diff":
+        return str(counts[meta["colours"][0]] - counts[meta["colours"][1]])
+    return LETTERS[meta["options"].index(max(COLOUR_ORDER, key=lambda c: counts[c]))]
 
 
 def content_key(problem: Problem) -> str:

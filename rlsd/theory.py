@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from rlsd.algorithm import generalized_jsd, kl_decomposition
+from rlsd.plots import FIGURES_DIR, save_figure  # noqa: F401  (re-exported for notebook 01)
 
 DTYPE = torch.float64
-FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
 
 
 def _t(x):
@@ -533,19 +533,6 @@ def _figure(width, height, ncols=1):
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(1, ncols)
     return fig, axes
-
-
-def save_figure(fig, name, directory=None):
-    """Write <directory>/<name>.png (150 dpi, for reading) and .pdf (vector, for papers); directory defaults to the
-    repository's figures/. Metadata that changes between runs (software version, creation date) is left out."""
-    if not name or "/" in name or "\\" in name:
-        raise ValueError(f"figure name must be a plain file stem, got {name!r}")
-    directory = FIGURES_DIR if directory is None else Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = (directory / f"{name}.png", directory / f"{name}.pdf")
-    fig.savefig(paths[0], dpi=150, metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"Creator": None, "Producer": None, "CreationDate": None})
-    return paths
 
 
 def plot_decomposition(alphas_A, sweep, marginal_alpha, named_students):

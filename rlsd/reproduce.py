@@ -1,0 +1,132 @@
+"""The main job: every method of Table 2 x 3 seeds on the testbed, evaluation, and every figure.
+
+    python -m rlsd reproduce --profile cpu      # the CPU reproduction (wall time in the README)
+    python -m rlsd reproduce --profile smoke    # minutes; part of CI
+
+Steps:
+  1. warm start: the shipped checkpoint `data/tiny-sft` (or train it with `python -m rlsd sft` if it is missing);
+  2. the base model's test evaluation (Table 2's "Base" row, and the controls: blank and shuffled images);
+  3. GRPO, RLSD, OPSD, SDPO, GRPO+OPSD (+ OPSD with an online teacher, for the trilemma) x seeds, through the
+     same trainer, each run resumable (re-running the command continues unfinished runs, skips finished ones);
+  4. small logs copied to `data/runs/<profile>/` (metrics, eval, samples, config: enough to redraw every figure);
+  5. figures into `figures/` and a summary table (JSON + Markdown) of final test accuracy, mean and spread.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from rlsd.config import SHIPPED_TINY, make_config
+
+REPO = Path(__file__).resolve().parent.parent
+LOG_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "samples.jsonl")
+RUN_METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "opsd_online")
+
+
+def run_name_config(name: str) -> tuple[str, list[str]]:
+    """(trainer method, extra overrides) of a named run variant."""
+    if name == "opsd_online":
+        return "opsd", ["opsd_teacher=current"]
+    return name, []
+
+
+def evaluate_base(model_path: str, n_test: int, max_new_tokens: int, out: Path, seed: int = 0) -> dict:
+    """Base-model test evaluation in both prompt formats and under both image controls."""
+    import dataclasses
+
+    from rlsd.evaluate import evaluate
+    from rlsd.model import ModelSpec, load_policy
+    from rlsd.rollout import VALIDATION_SAMPLING
+    from rlsd.testbed import ideal_observer_answer, load_splits
+
+    model, processor = load_policy(ModelSpec(path=model_path))
+    model.eval()
+    _, _, test = load_splits(n_train=0, n_val=None, n_test=n_test)
+    sampling = dataclasses.replace(VALIDATION_SAMPLING, max_new_tokens=max_new_tokens)
+    results = {}
+    for fmt, control in (("student", "none"), ("teacher", "none"), ("student", "blank"), ("student", "shuffled")):
+        res = evaluate(model, processor, test, fmt=fmt, control=control, sampling=sampling, seed=seed)
+        results[f"{fmt}/{control}"] = res.summary
+    results["ideal_observer_accuracy"] = sum(ideal_observer_answer(p) == p.answer for p in test) / len(test)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "base_eval.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def reproduce(profile: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), methods: tuple[str, ...] = RUN_METHODS,
+              runs_dir: str = "runs", logs_dir: str | None = None, overrides: list[str] | None = None,
+              make_figures: bool = True, figures_dir: str | None = None) -> dict:
+    from rlsd.runs import final_eval, load_runs, mean_spread
+    from rlsd.trainer import train
+
+    t_start = time.time()
+    logs = Path(logs_dir) if logs_dir else REPO / "data" / "runs" / profile
+    model_path = make_config(profile, overrides).model.path
+    if not Path(model_path).exists():
+        if model_path != SHIPPED_TINY:
+            raise FileNotFoundError(f"model {model_path} not found")
+        from rlsd.sft import SFTConfig, train_sft
+
+        print(f"{model_path} missing: training the warm start (python -m rlsd sft)")
+        train_sft(SFTConfig(out=model_path))
+
+    probe = make_config(profile, overrides)
+    base = evaluate_base(model_path, probe.eval_problems, probe.eval_max_new_tokens, logs)
+    timings = {}
+    for name in methods:
+        method, extra = run_name_config(name)
+        for seed in seeds:
+            out = Path(runs_dir) / profile / f"{name}-s{seed}"
+            if (out / "checkpoint" / "state.pt").exists() and _finished(out, probe.steps):
+                print(f"{name} seed {seed}: finished earlier, skipped")
+            else:
+                cfg = make_config(profile, list(overrides or []) + extra, method=method, seed=seed, out=str(out))
+                t0 = time.time()
+                train(cfg)
+                timings[f"{name}-s{seed}"] = time.time() - t0
+            dest = logs / f"{name}-s{seed}"
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in LOG_FILES:
+                if (out / f).exists():
+                    shutil.copy2(out / f, dest / f)
+
+    runs = load_runs(logs)
+    table = {"base": {"accuracy": base["student/none"]["accuracy"], "teacher_format": base["teacher/none"]["accuracy"],
+                      "blank": base["student/blank"]["accuracy"], "shuffled": base["student/shuffled"]["accuracy"],
+                      "majority": base["student/none"]["majority_baseline"],
+                      "ideal_observer": base["ideal_observer_accuracy"]}}
+    for name, per_seed in runs.items():
+        table[name] = {key: mean_spread(final_eval(per_seed, key))
+                       for key in ("accuracy", "leak_rate", "unsupported_answer_rate")}
+    summary = {"profile": profile, "seeds": list(seeds), "wall_time_s": time.time() - t_start,
+               "run_times_s": timings, "table": table}
+    (logs / "summary.json").write_text(json.dumps(summary, indent=2))
+    if make_figures:
+        draw_figures(logs, suffix="" if profile == "cpu" else f"_{profile}", directory=figures_dir)
+    return summary
+
+
+def _finished(out: Path, steps: int) -> bool:
+    from rlsd.runs import read_jsonl
+
+    metrics = read_jsonl(out / "metrics.jsonl")
+    return bool(metrics) and metrics[-1]["step"] >= steps
+
+
+def draw_figures(logs: Path, suffix: str = "", directory: str | None = None) -> list[Path]:
+    """Training dynamics (Figure 5 style) and leakage curves from the logs in `logs`."""
+    from rlsd.plots import LEAKAGE_PANELS, TRAINING_PANELS, plot_panels, save_figure
+    from rlsd.runs import load_runs
+
+    runs = load_runs(logs)
+    paths = []
+    fig = plot_panels(runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, min-max band)",
+                      smooth=10, methods=[m for m in ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd") if m in runs])
+    paths += save_figure(fig, f"03_training_dynamics{suffix}", directory)
+    fig = plot_panels(runs, LEAKAGE_PANELS, "OPSD leakage vs GRPO and RLSD (mean over seeds, min-max band)",
+                      smooth=10, ncols=2, methods=[m for m in ("grpo", "rlsd", "opsd", "opsd_online") if m in runs])
+    paths += save_figure(fig, f"02_leakage{suffix}", directory)
+    return list(paths)
