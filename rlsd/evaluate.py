@@ -1,6 +1,9 @@
 """Evaluation on the testbed (or any list of `Problem`s): accuracy with a 95% interval, leakage and controls.
 
     leak_rate                 share of responses that mention a reference the student prompt never had
+    mention_prob              mean probability the model gives to OPENING its response with the teacher format's
+                              mention of the reference (testbed). Validation decoding (top-p 0.8) never samples a
+                              habit below ~15% probability, so leak_rate alone is blind to a habit that is growing.
     unsupported_answer_rate   share of responses whose final answer does not follow from their own written steps
                               (a leakage signal the tiny model was never taught; testbed problems only)
     majority_baseline         accuracy of always answering the most common answer of each task family
@@ -23,8 +26,8 @@ from rlsd.data import Problem
 from rlsd.inputs import encode_prompts
 from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, SamplingParams, hf_generate
-from rlsd.scoring import suppressed_token_ids
-from rlsd.testbed import mentions_reference, supported_answer
+from rlsd.scoring import score_responses, suppress_mask, suppressed_token_ids
+from rlsd.testbed import MENTION_PREFIX, mentions_reference, supported_answer
 from rlsd.verifier import extract_answer, format_ok, score_batch
 
 CONTROLS = ("none", "blank", "shuffled")
@@ -79,6 +82,16 @@ class EvalResult:
     rewards: list[float]
 
 
+def _prefix_probs(model, prompts, tok, prefix: str, suppress: list[int]) -> list[float]:
+    """P(response starts with `prefix` | prompt) for every row (one batched forward)."""
+    ids = tok(prefix, add_special_tokens=False)["input_ids"]
+    ids_BT = torch.tensor([ids] * prompts.batch_size, device=prompts.input_ids_BP.device)
+    vocab = model.config.get_text_config().vocab_size
+    scores = score_responses(model, prompts, ids_BT, torch.ones_like(ids_BT), suppress_mask(suppress, vocab),
+                             with_entropy=False)
+    return scores.logp_BT.sum(-1).exp().tolist()
+
+
 def _thought(response: str) -> str:
     start, end = response.find("<thought>"), response.find("</thought>")
     return response[start + len("<thought>"):end] if start >= 0 and end > start else response
@@ -94,7 +107,8 @@ def evaluate(model, processor, problems: list[Problem], fmt: str = "student", co
     device = next(model.parameters()).device
     messages = build_messages(problems, fmt)
     images = apply_control(problems, control, seed)
-    responses, lengths, truncated = [], [], []
+    responses, lengths, truncated, mention_probs = [], [], [], []
+    is_testbed = all("family" in p.meta for p in problems)
     gen = torch.Generator().manual_seed(seed)
     cpu_state = torch.get_rng_state()
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
@@ -106,6 +120,8 @@ def evaluate(model, processor, problems: list[Problem], fmt: str = "student", co
             rollout = hf_generate(model, batch, sampling, suppress, tok.eos_token_id, tok.pad_token_id)
             for ids, mask in zip(rollout.response_ids_BT, rollout.response_mask_BT):
                 responses.append(tok.decode(ids[mask.bool()], skip_special_tokens=True))
+            if is_testbed:
+                mention_probs += _prefix_probs(model, batch, tok, MENTION_PREFIX, suppress)
             lengths += rollout.lengths_B.tolist()
             truncated += rollout.truncated_B.tolist()
     finally:
@@ -124,6 +140,7 @@ def evaluate(model, processor, problems: list[Problem], fmt: str = "student", co
         "accuracy": k / max(1, n),
         "accuracy_ci95": wilson_interval(k, n),
         "leak_rate": sum(mentions_reference(r) for r in responses) / max(1, n),
+        "mention_prob": sum(mention_probs) / len(mention_probs) if mention_probs else None,
         "unsupported_answer_rate": sum(unsupported) / len(unsupported) if unsupported else None,
         "format_rate": sum(format_ok(r) for r in responses) / max(1, n),
         "answer_rate": sum(extract_answer(r) is not None for r in responses) / max(1, n),

@@ -75,6 +75,7 @@ TRAINING_PANELS = [
 
 LEAKAGE_PANELS = [
     ("eval", "leak_rate", "leak rate: mentions a reference"),
+    ("eval", "mention_prob", "P(response opens with the mention)"),
     ("eval", "unsupported_answer_rate", "answer not supported by own steps"),
     ("eval", "accuracy", "test accuracy (student prompt)"),
     ("metrics", "kl_student_teacher", "KL(student ‖ teacher), sampled tokens"),

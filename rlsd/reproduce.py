@@ -100,7 +100,7 @@ def reproduce(profile: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), methods:
                       "ideal_observer": base["ideal_observer_accuracy"]}}
     for name, per_seed in runs.items():
         table[name] = {key: mean_spread(final_eval(per_seed, key))
-                       for key in ("accuracy", "leak_rate", "unsupported_answer_rate")}
+                       for key in ("accuracy", "leak_rate", "mention_prob", "unsupported_answer_rate")}
     summary = {"profile": profile, "seeds": list(seeds), "wall_time_s": time.time() - t_start,
                "run_times_s": timings, "table": table}
     (logs / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -127,6 +127,6 @@ def draw_figures(logs: Path, suffix: str = "", directory: str | None = None) -> 
                       smooth=10, methods=[m for m in ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd") if m in runs])
     paths += save_figure(fig, f"03_training_dynamics{suffix}", directory)
     fig = plot_panels(runs, LEAKAGE_PANELS, "OPSD leakage vs GRPO and RLSD (mean over seeds, min-max band)",
-                      smooth=10, ncols=2, methods=[m for m in ("grpo", "rlsd", "opsd", "opsd_online") if m in runs])
+                      smooth=10, ncols=3, methods=[m for m in ("grpo", "rlsd", "opsd", "opsd_online") if m in runs])
     paths += save_figure(fig, f"02_leakage{suffix}", directory)
     return list(paths)

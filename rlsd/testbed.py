@@ -54,6 +54,7 @@ LETTERS = "ABCD"
 
 # The mention habit of the teacher format (see rlsd.sft): a minority of teacher targets open with it.
 MENTION_TEMPLATE = "the reference answer is {answer} ,"
+MENTION_PREFIX = "<thought>the reference answer is"  # how a response that leaks the habit begins
 
 
 @dataclass

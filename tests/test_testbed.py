@@ -177,3 +177,23 @@ def test_loader_rejects_bad_json_and_unknown_types(tmp_path):
         load_problems(_write_jsonl(tmp_path / "d.csv", []))
     with pytest.raises(DataError, match="file not found"):
         load_problems(tmp_path / "nope.jsonl")
+
+
+def test_evaluate_summary_is_complete_and_seeded():
+    from rlsd.evaluate import evaluate
+    from rlsd.rollout import SamplingParams
+    from rlsd.tiny import build_processor, build_tiny_model
+
+    processor = build_processor()
+    model = build_tiny_model(processor.tokenizer, seed=0)
+    problems = generate_split("test", 6)
+    sampling = SamplingParams(max_new_tokens=12, temperature=0.7, top_p=0.8, top_k=20)
+    a = evaluate(model, processor, problems, sampling=sampling, seed=3, progress=False)
+    b = evaluate(model, processor, problems, sampling=sampling, seed=3, progress=False)
+    assert a.responses == b.responses and a.summary == b.summary  # fixed seed -> same numbers
+    s = a.summary
+    for key in ("n", "accuracy", "accuracy_ci95", "leak_rate", "mention_prob", "unsupported_answer_rate",
+                "format_rate", "mean_response_tokens", "majority_baseline"):
+        assert key in s
+    assert s["n"] == 6 and 0 < s["mention_prob"] < 1e-3  # a random model has no mention habit
+    assert s["mean_response_tokens"] <= 12

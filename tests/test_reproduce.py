@@ -1,0 +1,52 @@
+"""The main job end to end under the smoke profile (shipped warm start), and the bench command."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlsd.config import SHIPPED_TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not (ROOT / SHIPPED_TINY / "model.safetensors").exists(),
+                                reason="the shipped warm start data/tiny-sft is missing")
+
+
+def test_reproduce_smoke_writes_logs_table_and_figures(tmp_path, monkeypatch):
+    from rlsd.reproduce import reproduce
+
+    monkeypatch.chdir(ROOT)  # the profiles point at data/tiny-sft relative to the repository
+    summary = reproduce("smoke", seeds=(0,), methods=("grpo", "rlsd", "opsd_online"), runs_dir=str(tmp_path / "runs"),
+                        logs_dir=str(tmp_path / "logs"), figures_dir=str(tmp_path / "figs"))
+    table = summary["table"]
+    assert {"base", "grpo", "rlsd", "opsd_online"} <= set(table)
+    assert 0 <= table["base"]["accuracy"] <= 1 and 0 <= table["base"]["blank"] <= 1
+    for name in ("grpo", "rlsd", "opsd_online"):
+        assert table[name]["accuracy"]["n"] == 1
+        logs = tmp_path / "logs" / f"{name}-s0"
+        assert {p.name for p in logs.iterdir()} >= {"config.json", "metrics.jsonl", "eval.jsonl"}
+        assert not (logs / "checkpoint").exists()  # only small logs are kept beside the figures
+    cfg = json.loads((tmp_path / "logs" / "opsd_online-s0" / "config.json").read_text())
+    assert cfg["method"] == "opsd" and cfg["opsd_teacher"] == "current"
+    figs = {p.name for p in (tmp_path / "figs").iterdir()}
+    assert {"03_training_dynamics_smoke.png", "02_leakage_smoke.pdf"} <= figs
+    assert json.loads((tmp_path / "logs" / "summary.json").read_text())["table"] == json.loads(json.dumps(table))
+
+    # Re-running skips finished runs (resumable main job) and leaves their logs unchanged.
+    before = (tmp_path / "logs" / "grpo-s0" / "metrics.jsonl").read_text()
+    again = reproduce("smoke", seeds=(0,), methods=("grpo",), runs_dir=str(tmp_path / "runs"),
+                      logs_dir=str(tmp_path / "logs"), make_figures=False)
+    assert "grpo-s0" not in again["run_times_s"]
+    assert (tmp_path / "logs" / "grpo-s0" / "metrics.jsonl").read_text() == before
+
+
+def test_bench_reports_phase_times_and_ratios(monkeypatch):
+    from rlsd.bench import run_bench
+
+    monkeypatch.chdir(ROOT)
+    result = run_bench("smoke", repeats=2, methods=("grpo", "rlsd"))
+    grpo, rlsd = result["methods"]["grpo"], result["methods"]["rlsd"]
+    assert grpo["teacher_s"] == 0 and rlsd["teacher_s"] > 0
+    assert rlsd["rollout_s"] == grpo["rollout_s"]  # the same rollout batch for every method
+    assert result["rlsd_over_grpo"] == pytest.approx(rlsd["step_s"] / grpo["step_s"])
+    assert result["no_grad_forward_s"] > 0 and result["batch"]["responses"] == 8
