@@ -25,8 +25,14 @@ Where the loop departs from the paper (beyond rlsd.algorithm's list):
 - SDPO: when no sibling of a group succeeded, the teacher prompt has no demonstration (the student prompt itself,
   scored with EMA weights).
 
-Data parallel with accelerate: each process rolls out its own prompts (a prompt's whole group stays on one process),
-gradients are averaged by DDP, metrics are gathered, and only the main process writes files.
+Data parallel with accelerate: each process rolls out its own prompts (a prompt's whole group stays on one process)
+with its own sampling seed (`step_seed`), gradients are averaged by DDP, metrics are gathered, and only the main
+process writes files. Two processes on a CPU-only machine:
+
+    accelerate launch --multi_gpu --num_processes 2 -m rlsd train --method rlsd --profile smoke ...
+
+(`--multi_gpu` starts torchrun workers, which use gloo when no GPU exists; `accelerate launch --cpu` starts ONE
+process whatever --num_processes says.)
 """
 
 from __future__ import annotations
@@ -81,6 +87,13 @@ def step_prompts(n_problems: int, step: int, seed: int, per_process: int, rank: 
     idx = rng.sample(range(n_problems), per_process * world) if n_problems >= per_process * world else \
         [rng.randrange(n_problems) for _ in range(per_process * world)]
     return idx[rank * per_process:(rank + 1) * per_process]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the sampling RNG of `step` on process `rank`. Reseeding every step makes a rollout a pure function of
+    (seed, step, rank) and the weights: processes draw independent samples (one shared stream made different
+    prompts' samples nearly identical token for token), and an exact resume needs no per-process RNG state."""
+    return random.Random(f"rollout:{seed}:{step}:{rank}").getrandbits(63)
 
 
 def reference_text(problem: Problem, cfg: TrainConfig) -> str:
@@ -193,18 +206,22 @@ class Trainer:
         rewards_N = torch.tensor([r.reward for r in score_batch(responses, [p.answer for p in grouped])])
         adv_N = alg.group_advantages(rewards_N, G)
 
-        teacher = None
+        teacher = self.teacher_prompts(problems, responses, rewards_N)
+        return StepBatch(problems, student, rollout, responses, rewards_N, adv_N, teacher)
+
+    def teacher_prompts(self, problems: list[Problem], responses: list[str], rewards_N: torch.Tensor):
+        """The teacher's prompts for each response (None for GRPO): same images as the student's."""
+        cfg, G = self.cfg, self.cfg.group_size
+        grouped = [p for p in problems for _ in range(G)]
+        if cfg.method == "grpo":
+            return None
         if cfg.method == "sdpo":
             demos = sdpo_demonstrations(responses, rewards_N.tolist(), G)
-            messages = [teacher_messages(p.question, d, len(p.images)) if d else student_messages(p.question,
-                                                                                                 len(p.images))
-                        for p, d in zip(grouped, demos)]
-            teacher = encode_prompts(self.processor, messages, [p.images for p in grouped]).to(self.acc.device)
-        elif cfg.method != "grpo":
-            teacher = encode_prompts(
-                self.processor, [teacher_messages(p.question, reference_text(p, cfg), len(p.images))
-                                 for p in problems], [p.images for p in problems]).to(self.acc.device).repeat(G)
-        return StepBatch(problems, student, rollout, responses, rewards_N, adv_N, teacher)
+            messages = [teacher_messages(p.question, d, len(p.images)) if d else
+                        student_messages(p.question, len(p.images)) for p, d in zip(grouped, demos)]
+            return encode_prompts(self.processor, messages, [p.images for p in grouped]).to(self.acc.device)
+        messages = [teacher_messages(p.question, reference_text(p, cfg), len(p.images)) for p in problems]
+        return encode_prompts(self.processor, messages, [p.images for p in problems]).to(self.acc.device).repeat(G)
 
     # -------------------------------------------------------------------------------------------- update
 
@@ -240,10 +257,11 @@ class Trainer:
             rows = list(range(start, min(start + cfg.micro_batch_size, N)))
             ids_BT, mask_BT = batch.rollout.response_ids_BT[rows], mask_NT[rows]
             adv_B = batch.adv_N[rows].to(self.acc.device)
-            t0 = time.perf_counter()
             teacher_logp_BT = teacher_logits_BTV = None
             if batch.teacher is not None:
+                t0 = time.perf_counter()
                 teacher_logp_BT, teacher_logits_BTV = self.teacher_scores(batch, rows)
+                stats["teacher_s"] += time.perf_counter() - t0  # exactly 0 for GRPO (no teacher)
             t1 = time.perf_counter()
             s = score_responses(self.model, batch.student.select(rows), ids_BT, mask_BT, self.suppress_V,
                                 with_entropy=True, keep_logits=cfg.method in NEEDS_LOGITS)
@@ -266,29 +284,27 @@ class Trainer:
                 pg, _ = alg.policy_loss(logp_BT, logp_BT.detach(), adv_BT, mask_BT, cfg.eps_low, cfg.eps_high,
                                         cfg.dual_clip)
                 loss_terms.append(pg * n_tok)
-                stats["pg_loss"] += float(pg) * float(n_tok)
+                stats["pg_loss"] += float(pg.detach()) * float(n_tok)
             if cfg.method in ("opsd", "grpo_opsd"):
                 jsd, _ = alg.generalized_jsd(s.logits_BTV, teacher_logits_BTV, mask_BT, cfg.opsd_beta)
                 mu = cfg.grpo_opsd_mu if cfg.method == "grpo_opsd" else 1.0
                 loss_terms.append(mu * jsd * n_tok)
-                stats["distill_loss"] += float(jsd) * float(n_tok)
+                stats["distill_loss"] += float(jsd.detach()) * float(n_tok)
             if cfg.method == "sdpo":
                 div, _ = alg.topk_tail_divergence(s.logits_BTV, teacher_logits_BTV, mask_BT, cfg.sdpo_top_k,
                                                   cfg.sdpo_alpha)
                 loss_terms.append(div * n_tok)
-                stats["distill_loss"] += float(div) * float(n_tok)
+                stats["distill_loss"] += float(div.detach()) * float(n_tok)
             loss_sum = sum(loss_terms)
             self.acc.backward(loss_sum * scale)
-            stats["loss_sum"] += float(loss_sum)
-            stats["entropy_sum"] += float((s.entropy_BT * mask_f).sum())
+            stats["loss_sum"] += float(loss_sum.detach())
+            stats["entropy_sum"] += float((s.entropy_BT.detach() * mask_f).sum())
             if teacher_logp_BT is not None:
                 delta_BT = (teacher_logp_BT - logp_BT.detach()) * mask_f
                 stats["delta_sum"] += float(delta_BT.sum())
                 # Sampled-token estimate of KL(student ‖ teacher) on the student's own responses.
                 stats["kl_teacher_sum"] += float((-delta_BT).sum())
-            t2 = time.perf_counter()
-            stats["teacher_s"] += t1 - t0
-            stats["student_s"] += t2 - t1
+            stats["student_s"] += time.perf_counter() - t1
 
         grad_norm = self.acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
         finite = math.isfinite(stats["loss_sum"]) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
@@ -309,6 +325,7 @@ class Trainer:
         records = []
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} s{cfg.seed}", disable=not self.progress)
         while self.step < cfg.steps:
+            torch.manual_seed(step_seed(cfg.seed, self.step, self.acc.process_index))
             t0 = time.perf_counter()
             batch = self.rollout()
             t1 = time.perf_counter()

@@ -1,0 +1,520 @@
+"""The training loop (rlsd.trainer) end to end, on a tiny random Qwen3-VL under the `smoke` profile.
+
+A random model answers nothing correctly: every reward would be 0, every group advantage 0 and every GRPO/RLSD
+gradient 0. In-process runs therefore replace the verifier the trainer calls (`rlsd.trainer.score_batch`) by a
+deterministic rule -- reward 1 for responses of even character length -- so groups have reward variance and every
+method really updates. `weight_decay=0` everywhere, so a parameter that moved was moved by a gradient.
+
+Covered: all five methods through the real CLI entry point (records, artefacts, λ schedule, parameters move);
+RLSD with λ0 = 0 is GRPO exactly, with λ0 > 0 it is not; exact resume (stop-and-continue and crash-and-continue);
+non-finite steps are skipped; bad config values fail at start naming the field; two-process data parallel through
+`accelerate launch`; the pure helpers `step_prompts`, `step_seed` and `sdpo_demonstrations`.
+"""
+
+import json
+import math
+import os
+import random
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import rlsd.algorithm
+import rlsd.trainer as T
+from rlsd.__main__ import main as cli_main
+from rlsd.config import make_config
+from rlsd.verifier import VerifyResult
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd")
+TEACHER_METHODS = {"rlsd", "opsd", "sdpo", "grpo_opsd"}
+METRIC_KEYS = {"step", "method", "reward_mean", "accuracy", "entropy", "response_tokens_mean", "truncated_frac",
+               "zero_std_group_frac", "lambda", "weight_clip_low_frac", "weight_clip_high_frac", "delta_mean", "loss",
+               "grad_norm", "time_rollout_s", "time_teacher_s", "time_update_s", "peak_mem_mb", "skipped",
+               "skipped_steps"}
+EVAL_KEYS = {"step", "split", "accuracy", "accuracy_ci95", "leak_rate", "unsupported_answer_rate"}
+UNTIMED = lambda k: not k.startswith("time_") and k != "peak_mem_mb"  # noqa: E731  (keys resume must reproduce)
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def even_length_rewards(responses, answers, *args, **kwargs):
+    """Stand-in verifier: reward 1 for responses of even length (deterministic, gives groups reward variance)."""
+    assert len(responses) == len(answers)
+    return [VerifyResult(reward=float(len(r) % 2 == 0), extracted=None, format_ok=False, timed_out=False)
+            for r in responses]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The models are tiny: on 2 shared cores, 2 torch threads oversubscribe (a step takes ~20 s instead of ~0.3 s)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def even_reward(monkeypatch):
+    monkeypatch.setattr(T, "score_batch", even_length_rewards)
+
+
+@pytest.fixture(scope="module")
+def initial_params(tiny_dir):
+    from rlsd.model import ModelSpec, load_policy
+
+    model, _ = load_policy(ModelSpec(path=str(tiny_dir)))
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def cli_train(method, out, tiny_dir, *overrides, seed=0):
+    """The real entry point, in process: python -m rlsd train --method M --profile smoke ... key=value..."""
+    cli_main(["train", "--method", method, "--profile", "smoke", "--seed", str(seed), "--out", str(out),
+              f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0", *overrides])
+
+
+def smoke_config(method, out, tiny_dir, *overrides, **fields):
+    return make_config("smoke", [f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0", *overrides],
+                       method=method, out=str(out), **fields)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def checkpoint(out):
+    return torch.load(Path(out) / "checkpoint" / "state.pt", map_location="cpu", weights_only=False)
+
+
+def changed(before: dict, after: dict) -> list[str]:
+    return [n for n in before if not torch.equal(before[n], after[n])]
+
+
+def assert_same_records(a: list[dict], b: list[dict]):
+    """Same records, all fields except timings/memory equal (floats to 1e-6)."""
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert set(ra) == set(rb)
+        for k in filter(UNTIMED, ra):
+            if isinstance(ra[k], float) and isinstance(rb[k], float):
+                assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-6, nan_ok=True), (ra["step"], k)
+            else:
+                assert ra[k] == rb[k], (ra["step"], k)
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a["step"] == b["step"] and a["skipped_steps"] == b["skipped_steps"]
+    assert set(a["trainable"]) == set(b["trainable"])
+    for n in a["trainable"]:
+        torch.testing.assert_close(a["trainable"][n], b["trainable"][n], rtol=0, atol=1e-7, msg=n)
+    if a["teacher"] is not None and a["teacher"]["copies"] is not None:
+        for ca, cb in zip(a["teacher"]["copies"], b["teacher"]["copies"]):
+            torch.testing.assert_close(ca, cb, rtol=0, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- 1. every method, real entry point
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_end_to_end_through_cli(method, tiny_dir, initial_params, tmp_path, even_reward):
+    out = tmp_path / method
+    overrides = ["tensorboard=true", "rlsd_decay_steps=2"]
+    cli_train(method, out, tiny_dir, *overrides)
+    cfg = smoke_config(method, out, tiny_dir, *overrides, seed=0)
+
+    # config.json is the resolved config
+    assert json.loads((out / "config.json").read_text()) == json.loads(cfg.to_json())
+
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in metrics] == list(range(1, cfg.steps + 1))  # one record per step
+    for r in metrics:
+        assert METRIC_KEYS <= set(r), METRIC_KEYS - set(r)
+        assert r["method"] == method and r["skipped"] is False and r["skipped_steps"] == 0
+        assert 0 <= r["reward_mean"] <= 1 and 0 <= r["truncated_frac"] <= 1 and 0 <= r["zero_std_group_frac"] <= 1
+        assert 0 < r["response_tokens_mean"] <= cfg.max_new_tokens
+        assert 0 <= r["weight_clip_low_frac"] <= 1 and 0 <= r["weight_clip_high_frac"] <= 1
+        assert math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["entropy"] > 0
+        assert r["time_rollout_s"] > 0 and r["time_update_s"] > 0 and r["peak_mem_mb"] > 0
+        if method in TEACHER_METHODS:
+            assert r["time_teacher_s"] > 0
+        else:
+            assert r["time_teacher_s"] == 0 and r["delta_mean"] == 0
+    if method in TEACHER_METHODS:  # the teacher forward ran and saw something the student did not
+        assert any(r["delta_mean"] != 0 for r in metrics)
+    # the stand-in reward gives the groups variance: the reward-driven methods see a policy gradient
+    assert any(r["zero_std_group_frac"] < 1 for r in metrics)
+    assert any(r["grad_norm"] > 0 for r in metrics)
+
+    # λ_k = λ0·max(0, 1 - k/K) with K = rlsd_decay_steps and k = 0 at the first step; 0 for the other methods
+    expected_lam = [rlsd.algorithm.rlsd_lambda(k, cfg.rlsd_lam0, cfg.rlsd_decay_steps) if method == "rlsd" else 0.0
+                    for k in range(cfg.steps)]
+    assert [r["lambda"] for r in metrics] == pytest.approx(expected_lam)
+    if method == "rlsd":
+        assert expected_lam == pytest.approx([0.5, 0.25, 0.0])
+
+    evals = read_jsonl(out / "eval.jsonl")
+    assert [e["step"] for e in evals] == [cfg.steps]
+    for e in evals:
+        assert EVAL_KEYS <= set(e), EVAL_KEYS - set(e)
+        lo, hi = e["accuracy_ci95"]
+        assert e["split"] == "test" and e["n"] == cfg.eval_problems and lo <= e["accuracy"] <= hi
+        assert 0 <= e["leak_rate"] <= 1
+    assert len(read_jsonl(out / "samples.jsonl")) == cfg.samples_per_eval
+    assert (out / "checkpoint" / "state.pt").exists() and (out / "checkpoint" / "model").is_dir()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+    # parameters moved (weight_decay=0: by gradients), and the checkpoint is the final step
+    state = checkpoint(out)
+    assert state["step"] == cfg.steps
+    assert changed(initial_params, state["trainable"])
+
+
+def test_real_verifier_and_tensorboard_scalars(tiny_dir, tmp_path):
+    """The one run with the real verifier in the loop (a random model: rewards 0, so no policy gradient)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    cli_train("rlsd", out, tiny_dir, "tensorboard=true", "steps=2", "eval_every=2")
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in metrics] == [1, 2] and all(0 <= r["reward_mean"] <= 1 for r in metrics)
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/reward_mean", "train/lambda", "train/loss", "eval_student/accuracy"} <= tags
+    lam = [(e.step, e.value) for e in acc.Scalars("train/lambda")]
+    assert lam == [(1, pytest.approx(0.5)), (2, pytest.approx(0.5 * (1 - 1 / 3)))]
+
+
+# ----------------------------------------------------------------------------------------- 2. RLSD specifics
+
+
+def one_step(name, method, tmp_path, tiny_dir, *overrides):
+    cfg = smoke_config(method, tmp_path / name, tiny_dir, "steps=1", "eval_every=0", "save_every=0", *overrides)
+    trainer = T.Trainer(cfg, progress=False)
+    (record,) = trainer.train()
+    return record, {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+
+
+def test_rlsd_with_zero_lambda_is_grpo_and_nonzero_lambda_is_not(tiny_dir, initial_params, tmp_path, even_reward):
+    grpo, grpo_params = one_step("grpo", "grpo", tmp_path, tiny_dir)
+    rlsd0, rlsd0_params = one_step("lam0", "rlsd", tmp_path, tiny_dir, "rlsd_lam0=0")
+    rlsd1, rlsd1_params = one_step("lam1", "rlsd", tmp_path, tiny_dir, "rlsd_lam0=1")
+
+    assert grpo["grad_norm"] > 0 and changed(initial_params, grpo_params)  # a real update, not 0 == 0
+    # same seed -> same batch; λ = 0 -> Â_t = A exactly: identical update
+    assert rlsd0["reward_mean"] == grpo["reward_mean"] and rlsd0["lambda"] == 0.0
+    assert rlsd0["loss"] == grpo["loss"] and rlsd0["grad_norm"] == grpo["grad_norm"]
+    assert not changed(grpo_params, rlsd0_params)
+    # λ = 1: the teacher (reference in its prompt) disagrees with the student, so the token weights move the update
+    assert rlsd1["reward_mean"] == grpo["reward_mean"] and rlsd1["lambda"] == 1.0
+    assert rlsd1["delta_mean"] != 0
+    assert rlsd1["grad_norm"] != grpo["grad_norm"]
+    assert changed(grpo_params, rlsd1_params)
+
+
+# ------------------------------------------------------------------------------------------- 3. exact resume
+
+
+def test_resume_rlsd_after_stop_equals_uninterrupted(tiny_dir, tmp_path, even_reward):
+    # λ decays over 4 steps and the teacher re-syncs every 2, so steps 4-5 depend on state carried across the stop
+    ov = ("rlsd_decay_steps=4", "teacher_sync_every=2")
+    cli_train("rlsd", tmp_path / "full", tiny_dir, "steps=5", *ov)
+    cli_train("rlsd", tmp_path / "split", tiny_dir, "steps=3", *ov)
+    assert checkpoint(tmp_path / "split")["step"] == 3
+    cli_train("rlsd", tmp_path / "split", tiny_dir, "steps=5", *ov)
+
+    full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert any(r["grad_norm"] > 0 and r["lambda"] > 0 for r in full[3:])
+    assert_same_records(full, read_jsonl(tmp_path / "split" / "metrics.jsonl"))
+    assert_same_records(read_jsonl(tmp_path / "full" / "eval.jsonl"), read_jsonl(tmp_path / "split" / "eval.jsonl"))
+    assert_same_state(checkpoint(tmp_path / "full"), checkpoint(tmp_path / "split"))
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["opsd", "sdpo"])
+def test_resume_after_crash_equals_uninterrupted(method, tiny_dir, tmp_path, even_reward, monkeypatch):
+    cli_train(method, tmp_path / "full", tiny_dir, "steps=4")
+
+    # crash at step 3 after its metrics record is written (checkpoint from step 2: save_every=2, eval_every=3)
+    def crash(self):
+        raise Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(T.Trainer, "run_eval", crash)
+        with pytest.raises(Crash):
+            cli_train(method, tmp_path / "crashed", tiny_dir, "steps=4")
+    assert [r["step"] for r in read_jsonl(tmp_path / "crashed" / "metrics.jsonl")] == [1, 2, 3]
+    assert checkpoint(tmp_path / "crashed")["step"] == 2
+    cli_train(method, tmp_path / "crashed", tiny_dir, "steps=4")  # resumes; the stale step-3 record is dropped
+
+    full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert any(r["grad_norm"] > 0 for r in full[2:])  # the resumed steps really update
+    assert_same_records(full, read_jsonl(tmp_path / "crashed" / "metrics.jsonl"))
+    assert_same_records(read_jsonl(tmp_path / "full" / "eval.jsonl"),
+                        read_jsonl(tmp_path / "crashed" / "eval.jsonl"))
+    assert_same_state(checkpoint(tmp_path / "full"), checkpoint(tmp_path / "crashed"))
+
+
+def test_lora_opsd_trains_adapters_only_and_resumes(tiny_dir, tmp_path, even_reward):
+    # the GPU path: LoRA adapters, OPSD teacher = the adapter disabled; stop after 2 steps, continue to 3
+    cli_train("opsd", tmp_path / "full", tiny_dir, "model.lora_rank=4", "eval_every=0")
+    cli_train("opsd", tmp_path / "split", tiny_dir, "model.lora_rank=4", "eval_every=0", "steps=2")
+    cli_train("opsd", tmp_path / "split", tiny_dir, "model.lora_rank=4", "eval_every=0", "steps=3")
+    full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    assert all(r["grad_norm"] > 0 and r["time_teacher_s"] > 0 for r in full)
+    assert full[0]["delta_mean"] != 0  # teacher prompt differs: real distillation signal from step 1
+    assert_same_records(full, read_jsonl(tmp_path / "split" / "metrics.jsonl"))
+    state = checkpoint(tmp_path / "full")
+    assert_same_state(state, checkpoint(tmp_path / "split"))
+    assert state["trainable"] and all("lora_" in n for n in state["trainable"])
+    assert (tmp_path / "full" / "checkpoint" / "adapter").is_dir()
+    lora_B = [t for n, t in state["trainable"].items() if "lora_B" in n]
+    assert any(t.abs().sum() > 0 for t in lora_B)  # B starts at 0: non-zero means the adapters were trained
+
+
+def test_resume_refuses_another_method(tiny_dir, tmp_path, even_reward):
+    cli_train("grpo", tmp_path / "run", tiny_dir, "steps=2", "eval_every=0")
+    with pytest.raises(ValueError, match="checkpoint is grpo"):
+        cli_train("rlsd", tmp_path / "run", tiny_dir, "steps=3", "eval_every=0")
+
+
+# -------------------------------------------------------------------------------------- 4. non-finite steps
+
+
+def test_non_finite_loss_skips_the_step(tiny_dir, tmp_path, even_reward, monkeypatch):
+    cfg = smoke_config("rlsd", tmp_path / "nan", tiny_dir, "eval_every=0", "save_every=0")
+    trainer = T.Trainer(cfg, progress=False)
+    real_loss = rlsd.algorithm.policy_loss
+
+    def nan_on_second_step(*args, **kwargs):
+        loss, stats = real_loss(*args, **kwargs)
+        return (loss * float("nan") if trainer.step == 1 else loss), stats
+
+    monkeypatch.setattr(rlsd.algorithm, "policy_loss", nan_on_second_step)
+    snapshots = []
+    real_update = trainer.update
+
+    def update(batch):
+        before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+        stats = real_update(batch)
+        after = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+        snapshots.append((before, after))
+        return stats
+
+    monkeypatch.setattr(trainer, "update", update)
+    records = trainer.train()
+
+    assert [r["step"] for r in records] == [1, 2, 3]  # training continued past the bad step
+    assert [r["skipped"] for r in records] == [False, True, False]
+    assert [r["skipped_steps"] for r in records] == [0, 1, 1]
+    assert math.isnan(records[1]["loss"])
+    assert changed(*snapshots[0]) and changed(*snapshots[2])
+    assert not changed(*snapshots[1])  # the non-finite update was never applied
+    assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+    assert [r["skipped"] for r in read_jsonl(tmp_path / "nan" / "metrics.jsonl")] == [False, True, False]
+
+
+# -------------------------------------------------------------------------------------- 5. bad config values
+
+
+@pytest.mark.parametrize("fields, overrides, field", [
+    (dict(method="foo"), [], "method"),
+    (dict(method="grpo", group_size=1), [], "group_size"),
+    (dict(method="rlsd"), ["lr=0"], "lr"),
+    (dict(method="opsd", opsd_teacher="x"), [], "opsd_teacher"),
+    (dict(method="rlsd"), ["no_such_field=1"], "no_such_field"),
+    (dict(method="rlsd"), ["model.no_such_field=1"], "no_such_field"),
+    (dict(method="rlsd"), ["lr=fast"], "lr"),
+    (dict(method="rlsd"), ["steps=2.5"], "steps"),
+    (dict(method="rlsd"), ["tensorboard=maybe"], "tensorboard"),
+    (dict(method="rlsd"), ["rlsd_lam0=1.5"], "rlsd_lam0"),
+    (dict(method="rlsd"), ["model.lora_rank=-1"], "model.lora_rank"),
+    (dict(method="rlsd"), ["model.dtype=float64"], "model.dtype"),
+])
+def test_bad_config_fails_naming_the_field(fields, overrides, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        make_config("smoke", overrides, **fields)
+
+
+def test_bad_profile_and_good_profiles():
+    with pytest.raises(ValueError, match="profile"):
+        make_config("nope")
+    for profile in ("smoke", "cpu", "qwen3vl-2b", "qwen3vl-8b"):
+        for method in METHODS:
+            assert make_config(profile, method=method).method == method
+
+
+def test_cli_rejects_bad_values_before_training(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--method", "foo", "--profile", "smoke", "--out", str(out)])
+    assert "--method" in capsys.readouterr().err
+    for override, field in (("group_size=1", "group_size"), ("opsd_teacher=x", "opsd_teacher"),
+                            ("no_such_field=3", "no_such_field")):
+        method = "opsd" if field == "opsd_teacher" else "grpo"
+        with pytest.raises(ValueError, match=field):
+            cli_train(method, out, tiny_dir, override)
+    assert not out.exists()  # failed at start: no run directory
+
+
+def test_cli_subprocess_exits_nonzero_naming_the_field(tmp_path):
+    out = tmp_path / "never"
+    proc = subprocess.run([sys.executable, "-m", "rlsd", "train", "--method", "rlsd", "--profile", "smoke",
+                           "--out", str(out), "lr=0"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "TrainConfig.lr" in proc.stderr
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------- 6. accelerate data parallel (2 ranks)
+
+# Installed in the launched processes through PYTHONPATH (sitecustomize runs at interpreter start-up): the entry
+# point stays the real `-m rlsd train`; the hook only wraps step_prompts and score_batch (logging what each rank
+# rolled out, with the stand-in reward) and logs each rank's final parameters.
+HOOK = textwrap.dedent('''
+    import os
+    if os.environ.get("RLSD_TEST_HOOK") and os.environ.get("LOCAL_RANK") is not None:
+        log_dir = os.environ.pop("RLSD_TEST_HOOK")
+        import json
+        import torch
+        import rlsd.trainer as T
+        from rlsd.verifier import VerifyResult
+
+        path = os.path.join(log_dir, "rank%s.jsonl" % os.environ["RANK"])
+        def write(**record):
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\\n")
+
+        real_step_prompts, real_train = T.step_prompts, T.Trainer.train
+        def step_prompts(n, step, seed, per_process, rank, world):
+            idx = real_step_prompts(n, step, seed, per_process, rank, world)
+            write(kind="prompts", n=n, step=step, seed=seed, per_process=per_process, rank=rank, world=world,
+                  idx=idx, torch_seed=torch.initial_seed())
+            return idx
+        def score_batch(responses, answers, *args, **kwargs):
+            rewards = [float(len(r) % 2 == 0) for r in responses]
+            write(kind="scores", rewards=rewards, answers=list(answers))
+            return [VerifyResult(reward=r, extracted=None, format_ok=False, timed_out=False) for r in rewards]
+        def train(self):
+            out = real_train(self)
+            write(kind="final", sums={n: float(p.double().sum()) for n, p in self.policy.named_parameters()})
+            return out
+        T.step_prompts, T.score_batch, T.Trainer.train = step_prompts, score_batch, train
+''')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_accelerate_two_processes(tiny_dir, initial_params, tmp_path):
+    hook_dir, log_dir, out = tmp_path / "hook", tmp_path / "logs", tmp_path / "ddp"
+    hook_dir.mkdir()
+    log_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(HOOK)
+    env = {**os.environ, "RLSD_TEST_HOOK": str(log_dir), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(hook_dir), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    # `--multi_gpu` starts torchrun workers (gloo on a CPU-only machine); `--cpu` would start ONE process.
+    overrides = [f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0", "micro_batch_size=4"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "rlsd", "train", "--method", "rlsd", "--profile", "smoke", "--seed", "0", "--out", str(out),
+           *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    cfg = make_config("smoke", overrides, method="rlsd", seed=0, out=str(out))
+    G, per = cfg.group_size, cfg.prompts_per_step
+    logs = {r: read_jsonl(log_dir / f"rank{r}.jsonl") for r in (0, 1)}  # both ranks ran
+    prompts = {r: [x for x in logs[r] if x["kind"] == "prompts"] for r in (0, 1)}
+    scores = {r: [x for x in logs[r] if x["kind"] == "scores"] for r in (0, 1)}
+    train_problems, _ = T.load_training_problems(cfg)
+
+    metrics = read_jsonl(out / "metrics.jsonl")  # written by the main process only: one record per step
+    assert [m["step"] for m in metrics] == list(range(1, cfg.steps + 1))
+    assert [e["step"] for e in read_jsonl(out / "eval.jsonl")] == [cfg.steps]
+    assert checkpoint(out)["step"] == cfg.steps and (out / "samples.jsonl").exists()
+
+    for step, record in enumerate(metrics):
+        p0, p1 = prompts[0][step], prompts[1][step]
+        assert (p0["rank"], p1["rank"], p0["world"], p1["world"]) == (0, 1, 2, 2) and p0["step"] == step
+        # different prompts per rank: the two slices of one global draw
+        assert not set(p0["idx"]) & set(p1["idx"])
+        assert p0["idx"] + p1["idx"] == T.step_prompts(len(train_problems), step, cfg.seed, 2 * per, 0, 1)
+        # independent sampling streams per rank
+        assert p0["torch_seed"] == T.step_seed(cfg.seed, step, 0) != p1["torch_seed"] == T.step_seed(cfg.seed, step, 1)
+        rewards = []
+        for r, p in ((0, p0), (1, p1)):
+            s = scores[r][step]
+            # each rank scored its own prompts' whole groups: G consecutive responses per prompt
+            assert s["answers"] == [train_problems[i].answer for i in p["idx"] for _ in range(G)]
+            rewards.append(s["rewards"])
+        # metrics are gathered over both ranks: 2 x prompts_per_step x G responses
+        everything = rewards[0] + rewards[1]
+        assert len(everything) == 2 * per * G
+        assert record["reward_mean"] == pytest.approx(sum(everything) / len(everything))
+        groups = [everything[i:i + G] for i in range(0, len(everything), G)]
+        assert record["zero_std_group_frac"] == pytest.approx(sum(len(set(g)) == 1 for g in groups) / len(groups))
+
+    finals = {r: [x for x in logs[r] if x["kind"] == "final"][0]["sums"] for r in (0, 1)}
+    assert finals[0] == finals[1]  # DDP kept the replicas identical
+    assert any(finals[0][n] != pytest.approx(float(p.double().sum()), abs=1e-9) for n, p in initial_params.items())
+    saved = checkpoint(out)["trainable"]
+    assert all(float(saved[n].double().sum()) == pytest.approx(v, abs=1e-6) for n, v in finals[0].items())
+
+
+# ------------------------------------------------------------------------------------------ 7. pure helpers
+
+
+def test_step_prompts_is_pure_and_rank_slices_are_disjoint():
+    state = random.getstate()
+    a = T.step_prompts(100, 7, 3, 4, 1, 2)
+    assert random.getstate() == state  # no global RNG use
+    assert a == T.step_prompts(100, 7, 3, 4, 1, 2)
+    assert a != T.step_prompts(100, 8, 3, 4, 1, 2) and a != T.step_prompts(100, 7, 4, 4, 1, 2)
+    for world in (1, 2, 4):
+        slices = [T.step_prompts(100, 7, 3, 4, r, world) for r in range(world)]
+        assert all(len(s) == 4 and all(0 <= i < 100 for i in s) for s in slices)
+        flat = [i for s in slices for i in s]
+        assert len(set(flat)) == len(flat)  # disjoint across ranks (and no repeats within a step)
+        assert flat == T.step_prompts(100, 7, 3, 4 * world, 0, 1)  # the same global draw, cut into slices
+    # fewer problems than prompts: still valid indices, still deterministic
+    small = T.step_prompts(3, 0, 0, 4, 0, 2)
+    assert len(small) == 4 and all(0 <= i < 3 for i in small) and small == T.step_prompts(3, 0, 0, 4, 0, 2)
+
+
+def test_step_seed_is_pure_and_distinct():
+    seeds = {(s, k, r): T.step_seed(s, k, r) for s in range(3) for k in range(20) for r in range(4)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(0 <= v < 2**63 for v in seeds.values())
+    assert T.step_seed(1, 2, 3) == T.step_seed(1, 2, 3)
+
+
+def test_sdpo_demonstrations_pick_a_successful_sibling():
+    G = 4
+    responses = ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "c0", "c1", "c2", "c3"]
+    rewards = [0, 1, 0, 1,  # two winners
+               1, 0, 0, 0,  # one winner
+               0, 0, 0, 0]  # failed group
+    demos = T.sdpo_demonstrations(responses, rewards, G)
+    assert len(demos) == len(responses)
+    assert demos[0] in ("a1", "a3") and demos[2] in ("a1", "a3")
+    assert demos[1] == "a3" and demos[3] == "a1"  # a winner is shown ANOTHER winner
+    assert demos[4] == "b0"  # the only winner: itself, there is no other
+    assert demos[5:8] == ["b0", "b0", "b0"]
+    assert demos[8:] == [None] * 4  # nobody succeeded: no demonstration
+    assert T.sdpo_demonstrations(["x", "y"], [0.0, 1.0], 2) == ["y", "y"]
