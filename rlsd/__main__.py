@@ -184,7 +184,13 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
-    args = parser.parse_args(argv)
+    # key=value overrides may sit anywhere among the options; argparse hands the late ones back as unknown.
+    args, unknown = parser.parse_known_args(argv)
+    late = [u for u in unknown if "=" in u and not u.startswith("-")]
+    if len(late) != len(unknown) or (late and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(u for u in unknown if u not in late or not hasattr(args, 'overrides'))}")
+    if late:
+        args.overrides = list(args.overrides) + late
     args.func(args)
 
 
