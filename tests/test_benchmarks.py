@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rlsd.benchmarks import (BENCHMARKS, BenchmarkFormatError, BenchmarkItem, answer_as_response, build_messages,
-                             load_benchmark, score_responses)
+from rlsd.benchmarks import (BENCHMARKS, PAPER_NAMES, BenchmarkFormatError, BenchmarkItem, answer_as_response,
+                             build_messages, load_benchmark, score_responses)
 from rlsd.benchmarks import mathvision, mathvista, mmmu, wemath, zerobench
 from rlsd.benchmarks.common import letters, levenshtein
 from rlsd.verifier import Verifier
@@ -585,7 +585,8 @@ def test_missing_files_and_bad_arguments(tmp_path):
         score_responses("mmmu", items, ["x"] * 5)
     by_id = score_responses("zerobench", items, {item.id: answer_as_response("zerobench", item) for item in items})
     assert by_id["correct"] == [True] * 5
-    assert set(BENCHMARKS) == {"mmmu", "mathvista", "mathvision", "zerobench", "wemath"}
+    assert set(BENCHMARKS) == {"mmmu", "mathvista", "mathvision", "zerobench", "wemath", "testbed"}
+    assert PAPER_NAMES == ("mmmu", "mathvista", "mathvision", "zerobench", "wemath")  # Table 2's columns
 
 
 @needs_shared

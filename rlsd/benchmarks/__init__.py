@@ -19,10 +19,19 @@ API::
     messages = build_messages(items[0])                            # chat messages for the engines
     result = score_responses("mathvista", items, responses)       # per-item correctness + headline
     result["headline"], result["correct"], result["metrics"]
+    responses = generate_responses(model, processor, items)        # one response per item (HF generate)
+    result = run_benchmark("testbed", model, processor, n=300)      # load + generate + score in one call
 
-Generation is not part of this package.  No file is downloaded: every loader reads a local directory.  When
-the image files are absent (annotation-only checkouts such as ``/work/shared/benchmarks``) the loaders still
-work, set ``item.images_missing`` and log one warning, so that responses produced elsewhere can be scored.
+A sixth name, ``testbed``, wraps the project's synthetic CPU problems (``rlsd.testbed``; no files, ``root`` may be
+None; scored by the training reward ``rlsd.verifier``).  It is not one of the paper's benchmarks: it lets the
+same pipeline run, and be checked against ``rlsd.evaluate``, without a GPU or benchmark images.
+
+Generation (``generate_responses``, in ``generate.py``) uses the project's HF engine.  The paper's published
+Table 2 numbers are in ``paper.py`` (``PAPER_TABLE2``), with writers for side-by-side tables.
+
+No file is downloaded: every loader reads a local directory.  When the image files are absent (annotation-only
+checkouts such as ``/work/shared/benchmarks``) the loaders still work, set ``item.images_missing`` and log one
+warning, so that responses produced elsewhere can be scored; ``generate_responses`` refuses such items by name.
 """
 
 from __future__ import annotations
@@ -30,13 +39,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import mathvision, mathvista, mmmu, wemath, zerobench
+from . import mathvision, mathvista, mmmu, testbed, wemath, zerobench
 from .common import BenchmarkFormatError, BenchmarkItem
+from .generate import ImagesMissingError, check_generatable, generate_responses, run_benchmark
+from .paper import PAPER_BENCHMARKS, PAPER_TABLE2, paper_table2_rows, table2_rows, write_table
 
-BENCHMARKS = {module.NAME: module for module in (mmmu, mathvista, mathvision, zerobench, wemath)}
+BENCHMARKS = {module.NAME: module for module in (mmmu, mathvista, mathvision, zerobench, wemath, testbed)}
+PAPER_NAMES = ("mmmu", "mathvista", "mathvision", "zerobench", "wemath")
+"""The five benchmarks of the paper's Table 2, in its column order (``BENCHMARKS`` also holds ``testbed``)."""
 
-__all__ = ["BENCHMARKS", "BenchmarkFormatError", "BenchmarkItem", "answer_as_response", "build_messages",
-           "load_benchmark", "score_responses"]
+__all__ = ["BENCHMARKS", "BenchmarkFormatError", "BenchmarkItem", "ImagesMissingError", "PAPER_BENCHMARKS",
+           "PAPER_NAMES", "PAPER_TABLE2", "answer_as_response", "build_messages", "check_generatable",
+           "generate_responses", "load_benchmark", "paper_table2_rows", "run_benchmark", "score_responses",
+           "table2_rows", "write_table"]
 
 
 def _module(name: str):
@@ -46,19 +61,28 @@ def _module(name: str):
         raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}") from None
 
 
-def load_benchmark(name: str, root: str | Path, split: str | None = None, *, image_root: str | Path | None = None,
-                   image_cache: str | Path | None = None, **options) -> list[BenchmarkItem]:
+def load_benchmark(name: str, root: str | Path | None = None, split: str | None = None, *,
+                   image_root: str | Path | None = None, image_cache: str | Path | None = None,
+                   **options) -> list[BenchmarkItem]:
     """Load every item of ``name``/``split`` from the local directory ``root``.
 
     ``image_root`` (default ``root``) is where relative image paths are resolved; ``image_cache`` is where images
     embedded in parquet files are written (default: a folder under the system temp dir).  ``options`` go to the
-    benchmark's loader (``mathvision``: ``prompt_variant="cot"|"direct"``).  Raises ``FileNotFoundError`` when the
-    expected file is absent and ``BenchmarkFormatError`` (naming file, row and field) on malformed records.
+    benchmark's loader (``mathvision``: ``prompt_variant="cot"|"direct"``; ``testbed``: ``n``, the number of
+    problems, a prefix of the split).  ``testbed`` is generated, so its ``root`` may be None (if given, it is
+    where the images are written).  Raises ``FileNotFoundError`` when the expected file is absent and
+    ``BenchmarkFormatError`` (naming file, row and field) on malformed records.
     """
+    module = _module(name)
+    if not getattr(module, "NEEDS_ROOT", True):
+        return module.load(Path(root) if root else None, split, image_cache=Path(image_cache) if image_cache else None,
+                           **options)
+    if root is None:
+        raise ValueError(f"{name}: load_benchmark needs the benchmark's local directory (root)")
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{name}: benchmark directory {root} does not exist")
-    return _module(name).load(root, split, image_root=Path(image_root) if image_root else None,
+    return module.load(root, split, image_root=Path(image_root) if image_root else None,
                               image_cache=Path(image_cache) if image_cache else None, **options)
 
 
@@ -70,7 +94,7 @@ def score_responses(name: str, items: Sequence[BenchmarkItem], responses: Sequen
     present).  ``options`` go to the benchmark's scorer: ``mmmu``: ``seed`` (42); ``mathvista``:
     ``quick_extract`` (True), ``fallback`` ("rules" | "none"); ``mathvision``: ``verifier`` (an
     ``rlsd.verifier.Verifier`` for symbolic comparisons; default: the shared time-bounded one); ``zerobench``:
-    ``match`` ("exact" | "substring").
+    ``match`` ("exact" | "substring"); ``testbed``: ``verifier`` (as for mathvision).
 
     Returns ``{"benchmark", "n", "correct": [bool per item], "per_item": [{"id", "correct", "pred", ...}],
     "metrics": {...}, "headline_key", "headline"}``; all rates are fractions in [0, 1].
