@@ -1,6 +1,6 @@
 """SFT warm start: train the tiny Qwen3-VL from scratch on the testbed so RL starts from partial competence.
 
-    python -m rlsd sft --out data/tiny-sft            # ~25 min on 2 cores; the shipped checkpoint
+    OMP_NUM_THREADS=1 python -m rlsd sft --out data/tiny-sft     # the shipped checkpoint, ~30 min on 2 cores
 
 Targets are the testbed's written solutions. Half of the examples use the STUDENT prompt, half the TEACHER prompt
 (question + reference final answer), so one set of weights can act as both, as a real instruction-tuned model does.
@@ -42,7 +42,7 @@ class SFTConfig:
     """Output model directory (config, weights, processor, sft_metrics.jsonl, sft_config.json)."""
     seed: int = 0
     """Seed of the model initialisation and of the data order."""
-    steps: int = 6000
+    steps: int = 4000
     """Optimizer steps."""
     batch_size: int = 32
     """Sequences per step."""
@@ -62,7 +62,7 @@ class SFTConfig:
     """Training problems (the testbed's train split prefix)."""
     eval_every: int = 500
     """Evaluate on a validation subset every this many steps."""
-    n_eval: int = 200
+    n_eval: int = 300
     """Validation problems per periodic evaluation."""
     hidden: int = 128
     """Language-model width."""
