@@ -63,6 +63,9 @@ class ModelSpec:
     """Quantise the base language-model weights to NF4 with bitsandbytes (needs lora_rank > 0)."""
     dtype: str = "float32"
     """Compute/parameter dtype of the non-quantised weights: float32, bfloat16 or float16."""
+    freeze_vision: bool = False
+    """Train the language model only (vision encoder and merger frozen). The vision backward dominates a
+    full-parameter CPU step (each prompt's image is encoded once per sample of its group)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (GPU memory); works with peft via input grads."""
     attn_implementation: str | None = None
@@ -125,6 +128,9 @@ def load_policy(spec: ModelSpec, device: str | torch.device | None = None):
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # only during training forwards; generate() passes use_cache itself
+    if spec.freeze_vision:
+        for p in model.model.visual.parameters():
+            p.requires_grad_(False)
     if spec.lora_rank > 0:
         model = add_lora(model, spec)
     elif spec.gradient_checkpointing:

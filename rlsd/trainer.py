@@ -147,7 +147,7 @@ class Trainer:
         self.suppress_ids = suppressed_token_ids(self.tok, vocab)
         self.suppress_V = suppress_mask(self.suppress_ids, vocab).to(self.acc.device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.policy = self.acc.unwrap_model(self.model)
 
