@@ -76,3 +76,268 @@ def steps_to_reach(per_seed: dict[int, dict], threshold: float, key: str = "accu
         hit = [r["step"] for r in v["eval"] if r.get(key) is not None and r[key] >= threshold]
         out.append(hit[0] if hit else None)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Analysis helpers for the notebooks (02 leakage, 03 training): pure functions of the logs above, so a claim's
+# verdict is computed from data/runs/<profile> by code and can be unit-tested on small synthetic logs.
+
+
+def with_base_eval(runs: dict, base_record: dict | None, step: int = 0) -> dict:
+    """A copy of `runs` in which every seed's evaluation list starts with `base_record` at `step`.
+
+    The warm start is the same model for every run, so its test evaluation (reproduce's base_eval.json,
+    "student/none") is the step-0 point of every learning curve. Seeds with no evaluation of their own (a run that
+    has not reached its first one), or one at or before `step` already, are left as they are; `base_record=None`
+    returns an unchanged copy. The inserted record is marked `"from_base": True`.
+    """
+    out = {}
+    for name, per_seed in runs.items():
+        out[name] = {}
+        for seed, logs in per_seed.items():
+            evals = list(logs.get("eval", []))
+            if base_record is not None and evals and evals[0]["step"] > step:
+                evals.insert(0, {**base_record, "step": step, "seed": seed, "method": name, "from_base": True})
+            out[name][seed] = {**logs, "eval": evals}
+    return out
+
+
+def _ranks(values) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for v in np.unique(values):
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation; NaN when there are fewer than 3 points or either side is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) != len(y):
+        raise ValueError(f"spearman: lengths differ ({len(x)} vs {len(y)})")
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    rx, ry = _ranks(x), _ranks(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def trend(per_seed: dict[int, dict], key: str, kind: str = "eval") -> list[float]:
+    """Per seed: the Spearman correlation of `key` with the step (NaN where undefined)."""
+    out = []
+    for logs in per_seed.values():
+        steps, values = curve(logs[kind], key)
+        out.append(spearman(steps, values))
+    return out
+
+
+def window_mean(per_seed: dict[int, dict], key: str, frac: float = 0.1, kind: str = "metrics",
+                first: bool = False) -> list[float]:
+    """Per seed: the mean of `key` over the last (or, with `first`, the first) `frac` of its records (at least
+    one record)."""
+    out = []
+    for logs in per_seed.values():
+        _, values = curve(logs[kind], key)
+        if len(values):
+            k = max(1, int(np.ceil(frac * len(values))))
+            out.append(float(values[:k].mean() if first else values[-k:].mean()))
+    return out
+
+
+def run_mean(per_seed: dict[int, dict], key: str, kind: str = "metrics") -> list[float]:
+    """Per seed: the mean of `key` over all its records."""
+    return window_mean(per_seed, key, frac=1.0, kind=kind)
+
+
+def pooled_std(a: list[float], b: list[float]) -> float:
+    """sqrt of the mean of the two sample variances (a side with fewer than 2 values contributes 0)."""
+    var = [statistics.variance(v) if len(v) > 1 else 0.0 for v in (a, b)]
+    return float(np.sqrt(sum(var) / 2))
+
+
+def exceeds(a: list[float], b: list[float], spreads: float = 2.0) -> dict:
+    """Is mean(a) > mean(b) + spreads x pooled std? Returns the numbers and `holds` (None if a side is empty)."""
+    if not a or not b:
+        return {"diff": None, "pooled_std": None, "margin": None, "holds": None}
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    pooled = pooled_std(a, b)
+    return {"diff": diff, "pooled_std": pooled, "margin": spreads * pooled, "holds": bool(diff > spreads * pooled)}
+
+
+def peak_and_final(per_seed: dict[int, dict], key: str = "accuracy", kind: str = "eval") -> dict:
+    """The seed-mean curve of `key` (on the steps all seeds share): its first, peak and final points, with the
+    std over seeds at each. Empty dict when there is no data."""
+    curves = [curve(v[kind], key) for v in per_seed.values()]
+    curves = [c for c in curves if len(c[0])]
+    if not curves:
+        return {}
+    n = min(len(c[0]) for c in curves)
+    steps = curves[0][0][:n]
+    ys = np.stack([c[1][:n] for c in curves])
+    mean = ys.mean(0)
+    std = ys.std(0, ddof=1) if len(ys) > 1 else np.zeros(n)
+    i = int(np.argmax(mean))
+    return {"steps": steps.tolist(), "mean": mean.tolist(), "std": std.tolist(), "n": len(ys),
+            "first_step": int(steps[0]), "first": float(mean[0]), "first_std": float(std[0]),
+            "peak_step": int(steps[i]), "peak": float(mean[i]), "peak_std": float(std[i]),
+            "final_step": int(steps[-1]), "final": float(mean[-1]), "final_std": float(std[-1])}
+
+
+def steps_to_threshold_table(runs: dict, threshold: float, key: str = "accuracy",
+                             methods: list[str] | None = None) -> list[dict]:
+    """One row per method: the first evaluated step at which each seed reaches `threshold` (None: never), how many
+    seeds reach it, and the median over seeds counting "never" as infinitely late (None if the median is "never")."""
+    rows = []
+    for m in methods or [m for m in METHOD_ORDER if m in runs] + sorted(set(runs) - set(METHOD_ORDER)):
+        if m not in runs:
+            continue
+        per_seed = steps_to_reach(runs[m], threshold, key)
+        ordered = sorted(float("inf") if s is None else s for s in per_seed)
+        median = statistics.median(ordered) if ordered else float("inf")
+        rows.append({"method": m, "seeds": dict(zip(runs[m], per_seed)),
+                     "reached": sum(s is not None for s in per_seed), "n": len(per_seed),
+                     "median_steps": None if median == float("inf") else median})
+    return rows
+
+
+def leak_examples(runs: dict, methods: list[str], clean_methods: list[str] | None = None, k: int = 3,
+                  is_leak=None) -> list[dict]:
+    """Up to `k` leaked responses (from samples.jsonl of `methods`), latest step first, one per problem, each with a
+    clean response to the SAME problem for comparison (the same step of a `clean_methods` run if there is one,
+    else any non-leaking sample of that problem, latest first; None if there is none).
+
+    `is_leak(response) -> bool` defaults to `rlsd.testbed.mentions_reference`. samples.jsonl keeps only the first
+    few test problems of each evaluation, so this shows examples; rates come from eval.jsonl.
+    """
+    if is_leak is None:
+        from rlsd.testbed import mentions_reference as is_leak
+
+    def samples(names):
+        for name in names:
+            for seed, logs in runs.get(name, {}).items():
+                for s in logs.get("samples", []):
+                    yield {**s, "method": name, "seed": seed}
+
+    leaked = sorted((s for s in samples(methods) if is_leak(s["response"])), key=lambda s: -s["step"])
+    clean = [s for s in samples(list(clean_methods or []) + list(methods)) if not is_leak(s["response"])]
+    clean_first = set(clean_methods or [])
+    picked, seen = [], set()
+    for s in leaked:
+        if s["id"] in seen:
+            continue
+        same = [c for c in clean if c["id"] == s["id"]]
+        same.sort(key=lambda c: (c["method"] not in clean_first, c["step"] != s["step"], -c["step"]))
+        picked.append({**s, "clean": same[0] if same else None})
+        seen.add(s["id"])
+        if len(picked) == k:
+            break
+    return picked
+
+
+def sample_rate(runs: dict, method: str, predicate) -> tuple[int, int]:
+    """(how many, out of how many) samples.jsonl responses of `method` satisfy `predicate`."""
+    responses = [s["response"] for logs in runs.get(method, {}).values() for s in logs.get("samples", [])]
+    return sum(bool(predicate(r)) for r in responses), len(responses)
+
+
+def format_spread(values: list[float] | dict, scale: float = 100.0, digits: int = 1) -> str:
+    """'mean ± std [min–max] (n=k)' of values (or of a mean_spread dict), scaled (x100: percentages)."""
+    s = values if isinstance(values, dict) else mean_spread(list(values))
+    if not s["n"]:
+        return "n/a"
+    f = f"{{:.{digits}f}}"
+    return (f"{f.format(s['mean'] * scale)} ± {f.format(s['std'] * scale)} "
+            f"[{f.format(s['min'] * scale)}–{f.format(s['max'] * scale)}] (n={s['n']})")
+
+
+def verdict(holds: bool | None, n_seeds: int, min_seeds: int = 3) -> str:
+    """'yes' / 'no' by a criterion, or 'undetermined' when there are too few seeds or no data."""
+    if holds is None:
+        return "undetermined (no data)"
+    if n_seeds < min_seeds:
+        return f"undetermined (n={n_seeds} < {min_seeds} seeds)"
+    return "yes" if holds else "no"
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A GitHub-style Markdown table of `rows` (dicts), columns in the given order (default: the first row's)."""
+    if not rows:
+        return "(no rows)"
+    columns = columns or list(rows[0])
+
+    def cell(v):
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def response_flags(problem, response: str) -> dict:
+    """How evaluation classifies one testbed response: does it mention a reference (`leak`), which answer it gives,
+    which answer its own written steps support, and whether the two differ (`unsupported`, as in
+    `unsupported_answer_rate`)."""
+    from rlsd.evaluate import _thought
+    from rlsd.testbed import mentions_reference, supported_answer
+    from rlsd.verifier import extract_answer
+
+    answer = extract_answer(response)
+    supported = supported_answer(problem, _thought(response)) if "family" in problem.meta else None
+    return {"leak": mentions_reference(response), "answer": answer, "supported": supported,
+            "unsupported": answer is not None and "family" in problem.meta and supported != answer}
+
+
+def notebook_logs(profile: str, smoke_methods: tuple[str, ...], smoke_seeds: tuple[int, ...] = (0,),
+                  root: str | Path | None = None) -> Path | None:
+    """The directory of run logs a notebook analyses, or None (with one printed instruction) if there is none.
+
+    `smoke` (CI): runs the real pipeline -- `rlsd.reproduce.reproduce` with the shipped warm start, base evaluation,
+    training and log copying -- for `smoke_methods` x `smoke_seeds` at the smoke profile's few steps, into a fresh
+    temporary directory, and returns its logs directory (the full runs, with their checkpoints, are deleted at once;
+    the small logs at a normal interpreter exit). It runs on ONE torch thread (restored afterwards): the tiny
+    model's matrices are too small for a second thread to pay, and when the other core is busy two threads made a
+    3-step run ~50x slower (59 s instead of 1.2 s, measured on the 2-core development machine).
+    Any other profile: never trains; returns `<root>/data/runs/<profile>` as written by
+    `python -m rlsd reproduce --profile <profile>`.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    from rlsd.config import SHIPPED_TINY
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    if profile == "smoke":
+        model = root / SHIPPED_TINY
+        if not model.exists():
+            print(f"The warm start {model} is missing, so the smoke runs are skipped. Train it with "
+                  f"`python -m rlsd sft --out {SHIPPED_TINY}` (from the repository root), then re-run this notebook.")
+            return None
+        import torch
+
+        from rlsd.reproduce import reproduce
+
+        tmp = Path(tempfile.mkdtemp(prefix="rlsd-smoke-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            reproduce("smoke", seeds=tuple(smoke_seeds), methods=tuple(smoke_methods), runs_dir=str(tmp / "runs"),
+                      logs_dir=str(tmp / "logs"), overrides=[f"model.path={model}"], make_figures=False,
+                      figures_dir=str(tmp / "figures"))
+        finally:
+            torch.set_num_threads(threads)
+            shutil.rmtree(tmp / "runs", ignore_errors=True)
+        return tmp / "logs"
+    logs = root / "data" / "runs" / profile
+    if not any((d / "metrics.jsonl").exists() for d in logs.glob("*-s*")):
+        print(f"No run logs in {logs}. Run the reproduction first (from the repository root):\n\n"
+              f"    python -m rlsd reproduce --profile {profile}\n\n"
+              f"then re-run this notebook. The analysis cells below are skipped.")
+        return None
+    if not (logs / "summary.json").exists():
+        print(f"{logs}/summary.json is missing: the reproduction has not finished; analysing the runs present.")
+    return logs
