@@ -67,9 +67,13 @@ def even_reward(monkeypatch):
 
 @pytest.fixture(scope="module")
 def initial_params(tiny_dir):
-    from rlsd.model import ModelSpec, load_policy
+    import dataclasses
 
-    model, _ = load_policy(ModelSpec(path=str(tiny_dir)))
+    from rlsd.config import make_config
+    from rlsd.model import load_policy
+
+    # The smoke profile's model spec (e.g. a frozen vision tower), pointed at the test's tiny model.
+    model, _ = load_policy(dataclasses.replace(make_config("smoke").model, path=str(tiny_dir)))
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
