@@ -58,6 +58,7 @@ PROFILE = os.environ.get("RLSD_PROFILE", "cpu")
 
 # %%
 import json
+from pathlib import Path
 
 import torch
 from IPython.display import HTML, display
@@ -68,6 +69,8 @@ from rlsd.evaluate import evaluate
 from rlsd.model import ModelSpec, load_policy
 from rlsd.plots import FIGURES_DIR, save_figure
 from rlsd.testbed import load_splits
+
+os.chdir(Path(FIGURES_DIR).parent)  # the repository root: relative paths such as data/tiny-sft resolve from here
 
 N_PROBLEMS = {"smoke": 16, "cpu": 600}[PROFILE]
 LAMBDA = 0.5  # λ0, the paper's value at the first step
