@@ -22,7 +22,17 @@ log = logging.getLogger(__name__)
 
 # The language model's attention and MLP projections. The vision tower names its layers differently
 # (qkv, proj, linear_fc1/2), so the regex keeps LoRA off the vision encoder and the merger.
-LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LORA_PROJECTIONS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+def lora_target_regex(projections: str = LORA_PROJECTIONS) -> str:
+    """peft target regex: the named projections of the language model only."""
+    names = [p.strip() for p in projections.split(",") if p.strip()]
+    if not names:
+        raise ValueError("ModelSpec.lora_projections names no projection")
+    return r".*language_model.*\.(" + "|".join(names) + ")"
+
+
 
 
 class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
@@ -57,6 +67,8 @@ class ModelSpec:
     """LoRA rank on the language model's attention + MLP projections; 0 trains all parameters."""
     lora_alpha: int = 32
     """LoRA scaling numerator (scale = alpha / rank)."""
+    lora_projections: str = LORA_PROJECTIONS
+    """Comma-separated language-model projections that get LoRA adapters (attention and MLP by default)."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA input; 0 keeps the student and teacher forwards deterministic."""
     load_in_4bit: bool = False
@@ -147,7 +159,7 @@ def add_lora(model, spec: ModelSpec):
         # Frozen embeddings give inputs without grad; checkpointed blocks then lose the LoRA gradient path.
         model.enable_input_require_grads()
     config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
-                        target_modules=LORA_TARGET_REGEX, bias="none")
+                        target_modules=lora_target_regex(spec.lora_projections), bias="none")
     return get_peft_model(model, config)
 
 

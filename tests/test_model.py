@@ -289,3 +289,11 @@ def test_teacher_state_round_trip(tiny_dir):
     assert all(torch.equal(c, s) for c, s in zip(t.copies, state["copies"]))
     with pytest.raises(ValueError, match="mode"):
         TeacherWeights(model, "ema").load_state_dict(state)
+
+
+def test_lora_projections_are_configurable(tiny_dir):
+    model, _ = load_policy(ModelSpec(path=str(tiny_dir), lora_rank=4, lora_projections="q_proj, v_proj"))
+    adapted = {n.split(".")[-4] for n, p in model.named_parameters() if "lora_A" in n}
+    assert adapted == {"q_proj", "v_proj"}
+    with pytest.raises(ValueError, match="lora_projections"):
+        load_policy(ModelSpec(path=str(tiny_dir), lora_rank=4, lora_projections=" , "))
