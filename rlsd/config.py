@@ -54,7 +54,11 @@ class TrainConfig:
 
     # --- optimisation
     lr: float = 1e-5
-    """AdamW learning rate, constant (paper: 1e-6 GRPO/RLSD/GRPO+OPSD, 1e-5 OPSD/SDPO at 8B full fine-tune)."""
+    """AdamW learning rate, constant after warm-up (paper: 1e-6 GRPO/RLSD/GRPO+OPSD, 1e-5 OPSD/SDPO at 8B full
+    fine-tune)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over the first N optimizer steps (0: none, the paper's setting). The rate is a
+    pure function of the step, so resuming needs no scheduler state."""
     weight_decay: float = 0.01
     """AdamW weight decay (paper: 0.01)."""
     grad_clip: float = 1.0
@@ -136,7 +140,7 @@ class TrainConfig:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2 and self.method in ("grpo", "rlsd", "grpo_opsd", "sdpo"):
             bad("group_size", f"must be >= 2 for group advantages, got {self.group_size}")
-        for name in ("eval_every", "save_every", "samples_per_eval", "rlsd_decay_steps"):
+        for name in ("eval_every", "save_every", "samples_per_eval", "rlsd_decay_steps", "warmup_steps"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -238,6 +238,13 @@ class Trainer:
             raise RuntimeError(f"method {self.cfg.method} has no teacher")
         return self.teacher.active()
 
+    def learning_rate(self) -> float:
+        """The rate of the current step: linear warm-up over `warmup_steps`, then constant."""
+        cfg = self.cfg
+        if cfg.warmup_steps and self.step < cfg.warmup_steps:
+            return cfg.lr * (self.step + 1) / cfg.warmup_steps
+        return cfg.lr
+
     def update(self, batch: StepBatch) -> dict:
         cfg = self.cfg
         N = batch.rewards_N.numel()
@@ -249,6 +256,8 @@ class Trainer:
         scale = self.acc.num_processes / global_tokens
         lam = alg.rlsd_lambda(self.step, cfg.rlsd_lam0, cfg.rlsd_decay_steps) if cfg.method == "rlsd" else 0.0
 
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
         stats = {"loss_sum": 0.0, "pg_loss": 0.0, "distill_loss": 0.0, "entropy_sum": 0.0, "delta_sum": 0.0,
                  "clip_low": 0.0, "clip_high": 0.0, "weighted_tokens": 0.0, "teacher_s": 0.0, "student_s": 0.0,
                  "kl_teacher_sum": 0.0}
@@ -313,7 +322,8 @@ class Trainer:
         else:
             self.skipped_steps += 1  # never apply a non-finite update
         self.optimizer.zero_grad(set_to_none=True)
-        stats.update(grad_norm=float(grad_norm), lam=lam, finite=finite, local_tokens=float(local_tokens))
+        stats.update(lr=self.optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm), lam=lam, finite=finite,
+                     local_tokens=float(local_tokens))
         return stats
 
     # ---------------------------------------------------------------------------------------------- loop
@@ -378,7 +388,8 @@ class Trainer:
             "delta_mean": delta / max(tokens, 1) if teacher_used else 0.0,
             "kl_student_teacher": kl_t / max(tokens, 1) if teacher_used else 0.0,
             "loss": loss_sum / max(tokens, 1), "pg_loss": pg / max(tokens, 1), "distill_loss": dist / max(tokens, 1),
-            "grad_norm": stats["grad_norm"], "skipped": not stats["finite"], "skipped_steps": self.skipped_steps,
+            "grad_norm": stats["grad_norm"], "lr": stats["lr"], "skipped": not stats["finite"],
+            "skipped_steps": self.skipped_steps,
             "time_rollout_s": rollout_s, "time_teacher_s": stats["teacher_s"],
             "time_update_s": update_s - stats["teacher_s"], "peak_mem_mb": peak_mb,
         }

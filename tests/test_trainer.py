@@ -523,3 +523,14 @@ def test_sdpo_demonstrations_pick_a_successful_sibling():
     assert demos[5:8] == ["b0", "b0", "b0"]
     assert demos[8:] == [None] * 4  # nobody succeeded: no demonstration
     assert T.sdpo_demonstrations(["x", "y"], [0.0, 1.0], 2) == ["y", "y"]
+
+
+def test_learning_rate_warmup_is_a_function_of_the_step(tiny_dir, tmp_path, even_reward):
+    from rlsd.config import make_config
+
+    cfg = make_config("smoke", [f"model.path={tiny_dir}"], method="grpo", out=str(tmp_path / "w"), steps=3,
+                      warmup_steps=2, lr=1e-4, tensorboard=False, eval_every=0, save_every=0)
+    records = T.Trainer(cfg, progress=False).train()
+    assert [r["lr"] for r in records] == pytest.approx([5e-5, 1e-4, 1e-4])
+    with pytest.raises(ValueError, match="warmup_steps"):
+        make_config("smoke", warmup_steps=-1)
