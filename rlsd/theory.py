@@ -37,7 +37,6 @@ figures/<name>.png and .pdf at the repository root.
 import itertools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
