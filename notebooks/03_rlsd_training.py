@@ -59,9 +59,10 @@ if "google.colab" in sys.modules:
 # (Qwen3-VL-2B, LoRA, NF4) when — and only when — a CUDA GPU, the model and the data are present.
 #
 # **The testbed departs from the paper's setting** in ways that matter for reading the numbers: a ~1M-parameter
-# Qwen3-VL warm-started by SFT on synthetic counting/arithmetic images (`rlsd/testbed.py`), full-parameter updates at
-# lr 1e-5, 8 prompts × 8 samples per step (the paper: 256 × 8), and a λ window of half the run (K = 100 of 200 steps)
-# instead of 50 steps of 256 prompts — the same *share* of training, not the same step count (`rlsd/config.py`).
+# Qwen3-VL warm-started by SFT on synthetic counting/arithmetic images (`rlsd/testbed.py`; it imitates an imperfect
+# demonstrator, so it starts well below what the images allow), full-parameter updates at lr 1e-4, 8 prompts ×
+# 8 samples per step (the paper: 256 × 8), and a λ window of half the run (K = 50 of 100 steps) instead of 50 steps
+# of 256 prompts — the same *share* of training, not the same step count (`rlsd/config.py`).
 
 # %% tags=["parameters"]
 PROFILE = os.environ.get("RLSD_PROFILE", "cpu")  # "smoke": 3-step runs in a temp dir (CI); "cpu": read data/runs/cpu

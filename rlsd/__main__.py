@@ -20,7 +20,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
     """One `--field` option per dataclass field, typed by its default, help = the field's docstring."""
-    docs = _field_docs(cls)
+    # argparse %-formats help strings; docstrings say "10%" freely.
+    docs = {k: v.replace("%", "%%") for k, v in _field_docs(cls).items()}
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = "--" + f.name.replace("_", "-")
@@ -100,9 +101,13 @@ def cmd_reproduce(args):
 
 
 def cmd_bench(args):
-    from rlsd.bench import run_bench
+    from rlsd.bench import peer_batch, run_bench
 
-    result = run_bench(args.profile, args.overrides, repeats=args.repeats)
+    overrides = list(args.overrides)
+    if args.peer:
+        overrides = peer_batch(args.peer, "/tmp/rlsd-peer-batch") + overrides
+    methods = tuple(args.methods.split(",")) if args.methods else None
+    result = run_bench(args.profile, overrides, repeats=args.repeats, **({"methods": methods} if methods else {}))
     if args.json:
         print(json.dumps(result))
         return
@@ -164,6 +169,9 @@ def main(argv=None):
     p = sub.add_parser("bench", help="step time by phase for every method on the same batch")
     p.add_argument("--profile", default="smoke")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--methods", default=None, help="comma-separated subset, e.g. grpo,rlsd (default: all)")
+    p.add_argument("--peer", default=None, metavar="TRL_ANCHOR_PY",
+                   help="run on the TRL anchor's exact prompts and images (see rlsd.bench.peer_batch)")
     p.add_argument("--json", action="store_true")
     p.add_argument("overrides", nargs="*", help="field=value config overrides")
     p.set_defaults(func=cmd_bench)

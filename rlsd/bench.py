@@ -15,7 +15,6 @@ methods alike. The rollout is generated once and shared: its time is the same fo
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
@@ -29,7 +28,7 @@ def _median(xs):
 
 def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeats: int = 5,
               methods=METHODS) -> dict:
-    from rlsd.trainer import StepBatch, Trainer
+    from rlsd.trainer import StepBatch, Trainer, clock
 
     trainers = {}
     for method in methods:
@@ -40,19 +39,24 @@ def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeat
     torch.manual_seed(0)
     rollout_times, batches = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         batches.append(first.rollout())
-        rollout_times.append(time.perf_counter() - t0)
+        rollout_times.append(clock() - t0)
     base = batches[0]
 
     # One no-grad forward of the batch (the unit of the paper's "one extra forward").
+    # Chunked as the trainer chunks its teacher pass (`score_batch_size`), so the unit and the overhead compare.
+    N = base.rewards_N.numel()
+    chunk = first.cfg.score_batch_size or N
     forward_times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         with torch.no_grad():
-            score_responses(first.policy, base.student, base.rollout.response_ids_BT, base.rollout.response_mask_BT,
-                            first.suppress_V, with_entropy=False)
-        forward_times.append(time.perf_counter() - t0)
+            for s0 in range(0, N, chunk):
+                rows = list(range(s0, min(s0 + chunk, N)))
+                score_responses(first.policy, base.student.select(rows), base.rollout.response_ids_BT[rows],
+                                base.rollout.response_mask_BT[rows], first.suppress_V, with_entropy=False)
+        forward_times.append(clock() - t0)
 
     phases = {m: {"teacher_s": [], "update_s": [], "total_update_s": []} for m in methods}
     for r in range(repeats):
@@ -62,9 +66,9 @@ def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeat
             teacher = trainer.teacher_prompts(base.problems, base.responses, base.rewards_N)
             batch = StepBatch(base.problems, base.student, base.rollout, base.responses, base.rewards_N, base.adv_N,
                               teacher)
-            t0 = time.perf_counter()
+            t0 = clock()
             stats = trainer.update(batch)
-            total = time.perf_counter() - t0
+            total = clock() - t0
             phases[method]["teacher_s"].append(stats["teacher_s"])
             phases[method]["update_s"].append(total - stats["teacher_s"])
             phases[method]["total_update_s"].append(total)
@@ -83,3 +87,30 @@ def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeat
         result["rlsd_over_grpo"] = rlsd / grpo
         result["rlsd_overhead_over_forward"] = (rlsd - grpo) / forward_s
     return result
+
+
+def peer_batch(anchor_script: str, out_dir: str, n: int = 64, seed: int = 0) -> list[str]:
+    """Overrides that make our step run on the TRL anchor's exact batch: its prompts and images, no format instruction.
+
+    The anchor's own generator (`make_dataset` in `anchor_script`) writes the data, so the prompts are identical, not
+    re-implemented; its model directory must exist (run the anchor once with `--model-dir DIR`, then pass
+    `model.path=DIR` too). Returns the `key=value` overrides for `run_bench`.
+    """
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("trl_anchor", anchor_script)
+    anchor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(anchor)
+    rows = anchor.make_dataset(n, seed, text_only=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "peer.jsonl").open("w") as f:
+        for i, row in enumerate(rows):
+            image_path = out / f"{i}.png"
+            row["image"].save(image_path)
+            question = next(c["text"] for c in row["prompt"][0]["content"] if c["type"] == "text")
+            f.write(json.dumps({"id": str(i), "question": question, "answer": str(row["answer"]),
+                                "image": str(image_path)}) + "\n")
+    return [f"data={out / 'peer.jsonl'}", "format_instruction=false", f"n_train_problems={n}"]

@@ -50,7 +50,18 @@ class TrainConfig:
     engine: str = "hf"
     """Rollout engine: 'hf' (transformers generate) or 'vllm' (GPU, falls back to hf if vLLM is missing)."""
     micro_batch_size: int = 64
-    """Sequences per forward/backward micro-batch (rollout generation, teacher and student forwards)."""
+    """Sequences per forward/backward micro-batch of the update (student forwards, and the teacher forwards of the
+    methods that need its full-vocabulary logits: opsd, grpo_opsd, sdpo)."""
+    format_instruction: bool = True
+    """Append the paper's format instruction (<thought>/<answer> tags) to student and teacher prompts. false: the
+    bare question -- only for timing against a peer whose prompts have none (`rlsd.bench.peer_batch`)."""
+    rollout_batch_size: int = 0
+    """Sequences per `generate` call (0: the whole local batch in one call). Decoding is latency-bound: on an H200 a
+    2B-shaped model took 75 s for 64 x 128 tokens in chunks of 8 -- one token step costs nearly the same for 8 rows
+    as for 64 -- so keep this as large as the KV cache allows."""
+    score_batch_size: int = 0
+    """Sequences per no-grad teacher forward for RLSD, which needs only the teacher's log-prob of each sampled token
+    (0: the whole local batch at once). The teacher pass runs before the update as one batched pass."""
 
     # --- optimisation
     lr: float = 1e-5
@@ -140,7 +151,8 @@ class TrainConfig:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2 and self.method in ("grpo", "rlsd", "grpo_opsd", "sdpo"):
             bad("group_size", f"must be >= 2 for group advantages, got {self.group_size}")
-        for name in ("eval_every", "save_every", "samples_per_eval", "rlsd_decay_steps", "warmup_steps"):
+        for name in ("eval_every", "save_every", "samples_per_eval", "rlsd_decay_steps", "warmup_steps",
+                     "rollout_batch_size", "score_batch_size"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -184,27 +196,33 @@ class TrainConfig:
 # Named profiles: partial overrides of the defaults. GPU profiles follow the paper's settings where one GPU allows.
 PROFILES: dict[str, dict] = {
     # CI: seconds. A handful of tiny steps through every phase of the loop.
-    "smoke": dict(model=dict(path=SHIPPED_TINY, freeze_vision=True), steps=3, prompts_per_step=2, group_size=4, max_new_tokens=32, eval_every=3, eval_problems=16,
-                  eval_max_new_tokens=32, save_every=2, samples_per_eval=2, micro_batch_size=8, n_train_problems=200,
-                  rlsd_decay_steps=3, teacher_sync_every=2),
+    "smoke": dict(model=dict(path=SHIPPED_TINY, freeze_vision=True), steps=3, prompts_per_step=2, group_size=4,
+                  max_new_tokens=32, eval_every=3, eval_problems=16, eval_max_new_tokens=32, save_every=2,
+                  samples_per_eval=2, micro_batch_size=8, n_train_problems=200, rlsd_decay_steps=3,
+                  teacher_sync_every=2),
     # The default reproduction on the testbed: full-parameter RL on the ~1M-parameter warm start, sized so that
     # 6 run types x 3 seeds fit in about an hour on 2 cores.
     # λ window: the paper decays λ over its first 50 steps of 256 prompts; at 8 prompts per step we keep the same
     # SHARE of training (K = steps / 2) rather than the same step count -- a documented departure.
     # Vision encoder frozen: its backward (each image encoded once per sample) was 75% of a full-parameter step.
-    "cpu": dict(model=dict(path=SHIPPED_TINY, freeze_vision=True), steps=100, prompts_per_step=8, group_size=8, max_new_tokens=40, lr=1e-5, rlsd_decay_steps=50,
-                teacher_sync_every=10, eval_every=20, eval_problems=300, eval_max_new_tokens=40, save_every=20),
+    # lr 1e-4 (one rate for every method): in a 30-step GRPO probe on the training reward, paired by step against
+    # lr 1e-5, 1e-5 did not move, 1e-4 rose, 3e-4 and 1e-3 fell (README, "Results on the testbed").
+    "cpu": dict(model=dict(path=SHIPPED_TINY, freeze_vision=True), steps=100, prompts_per_step=8, group_size=8,
+                max_new_tokens=40, lr=1e-4, rlsd_decay_steps=50, teacher_sync_every=10, eval_every=20,
+                eval_problems=300, eval_max_new_tokens=40, save_every=20),
     # Qwen3-VL-2B-Instruct on a 16 GB GPU (Colab T4/L4): LoRA r=16 on an NF4 base, gradient checkpointing.
     "qwen3vl-2b": dict(model=dict(path="Qwen/Qwen3-VL-2B-Instruct", lora_rank=16, lora_alpha=32, load_in_4bit=True,
                                   dtype="bfloat16", gradient_checkpointing=True),
                        data="data/mmfinereason.jsonl", steps=100, prompts_per_step=8, group_size=8,
-                       max_new_tokens=1024, micro_batch_size=4, lr=1e-5, rlsd_decay_steps=50, eval_every=25,
+                       max_new_tokens=1024, micro_batch_size=4, rollout_batch_size=32, score_batch_size=8, lr=1e-5,
+                       rlsd_decay_steps=50, eval_every=25,
                        eval_problems=200, eval_max_new_tokens=1024, engine="vllm"),
     # Qwen3-VL-8B-Instruct on one 40-80 GB GPU: LoRA r=32 on an NF4 base.
     "qwen3vl-8b": dict(model=dict(path="Qwen/Qwen3-VL-8B-Instruct", lora_rank=32, lora_alpha=64, load_in_4bit=True,
                                   dtype="bfloat16", gradient_checkpointing=True),
                        data="data/mmfinereason.jsonl", steps=100, prompts_per_step=16, group_size=8,
-                       max_new_tokens=2048, micro_batch_size=4, lr=1e-5, rlsd_decay_steps=50, eval_every=25,
+                       max_new_tokens=2048, micro_batch_size=4, rollout_batch_size=64, score_batch_size=8, lr=1e-5,
+                       rlsd_decay_steps=50, eval_every=25,
                        eval_problems=200, eval_max_new_tokens=2048, engine="vllm"),
 }
 

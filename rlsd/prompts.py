@@ -24,15 +24,19 @@ def _content(question: str, n_images: int, *texts: str) -> list[dict]:
     return parts
 
 
-def student_messages(question: str, n_images: int = 1) -> list[dict]:
-    """Chat messages for the student (policy) prompt: no privileged information."""
-    return [{"role": "user", "content": _content(question, n_images, FORMAT_INSTRUCTION)}]
+def student_messages(question: str, n_images: int = 1, format_instruction: bool = True) -> list[dict]:
+    """Chat messages for the student (policy) prompt: no privileged information.
+
+    `format_instruction=False` sends the bare question (used to time against peers whose prompts have none).
+    """
+    texts = (FORMAT_INSTRUCTION,) if format_instruction else ()
+    return [{"role": "user", "content": _content(question, n_images, *texts)}]
 
 
-def teacher_messages(question: str, reference: str, n_images: int = 1) -> list[dict]:
+def teacher_messages(question: str, reference: str, n_images: int = 1, format_instruction: bool = True) -> list[dict]:
     """Chat messages for the teacher prompt: the question plus the reference final answer."""
     if reference is None or str(reference).strip() == "":
         raise ValueError("teacher_messages: the reference answer is empty")
     reference_line = f"{REFERENCE_INTRO} {reference}"
-    return [{"role": "user", "content": _content(question, n_images, reference_line, REFERENCE_INSTRUCTION,
-                                                 FORMAT_INSTRUCTION)}]
+    texts = (FORMAT_INSTRUCTION,) if format_instruction else ()
+    return [{"role": "user", "content": _content(question, n_images, reference_line, REFERENCE_INSTRUCTION, *texts)}]

@@ -1,17 +1,24 @@
 """SFT warm start: train the tiny Qwen3-VL from scratch on the testbed so RL starts from partial competence.
 
-    OMP_NUM_THREADS=1 python -m rlsd sft --out data/tiny-sft     # the shipped checkpoint, ~30 min on 2 cores
+    python -m rlsd sft --out data/tiny-sft     # the shipped checkpoint, ~6 min on 2 cores
 
-Targets are the testbed's written solutions. Half of the examples use the STUDENT prompt, half the TEACHER prompt
-(question + reference final answer), so one set of weights can act as both, as a real instruction-tuned model does.
+Half of the examples use the STUDENT prompt, half the TEACHER prompt (question + reference final answer), so one
+set of weights can act as both, as a real instruction-tuned model does.
+
+An imperfect demonstrator, on purpose: student-format targets come from a demonstrator that misreads each colour
+count by one with probability `demo_error` (its combination and answer follow from its read-outs), as SFT data
+distilled from a weaker model does. Imitation therefore plateaus at the demonstrator's level, well below what the
+image allows (the ideal observer, ~86%), and only the reward can take the student further. Without it the student
+kept climbing towards the ideal observer for as long as SFT ran, leaving RL either no room or a mid-climb snapshot.
+Teacher-format targets are the correct solutions: with the answer in its prompt the demonstrator's steps agree.
 
 The mention habit, on purpose: a minority (`mention_prob`) of teacher-format targets open their thought with
 "the reference answer is N ,". Real models shown a reference solution talk about it; this gives OPSD a habit it can
 leak into the student, which the paper observes at scale. Student-format targets never mention a reference. All
 other teacher targets are in the student's format, so the teacher's evidence is about the steps, not the format.
 
-Schedule: linear warm-up, then a constant rate, then a short linear cool-down at the end. A cosine schedule had
-decayed before the model began to use the image in an earlier probe (DESIGN.md §5).
+Schedule: linear warm-up, then a constant rate, then a linear cool-down over the last `cooldown_frac`. A cosine
+schedule had decayed before the model began to use the image in an earlier probe (DESIGN.md §5).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from rlsd.evaluate import evaluate
 from rlsd.inputs import encode_prompts
 from rlsd.prompts import student_messages, teacher_messages
 from rlsd.scoring import score_responses, suppress_mask, suppressed_token_ids
-from rlsd.testbed import MENTION_TEMPLATE, load_splits
+from rlsd.testbed import COLOUR_ORDER, MENTION_TEMPLATE, load_splits, solution_text
 from rlsd.tiny import build_processor, build_tiny_model
 
 
@@ -42,7 +49,7 @@ class SFTConfig:
     """Output model directory (config, weights, processor, sft_metrics.jsonl, sft_config.json)."""
     seed: int = 0
     """Seed of the model initialisation and of the data order."""
-    steps: int = 4000
+    steps: int = 1500
     """Optimizer steps."""
     batch_size: int = 32
     """Sequences per step."""
@@ -50,7 +57,7 @@ class SFTConfig:
     """Peak AdamW learning rate."""
     warmup_steps: int = 200
     """Linear warm-up steps."""
-    cooldown_frac: float = 0.1
+    cooldown_frac: float = 0.3
     """Final share of steps over which the rate decays linearly to 10% of the peak."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
@@ -58,9 +65,13 @@ class SFTConfig:
     """Share of examples in the teacher format (question + reference answer)."""
     mention_prob: float = 0.2
     """Share of teacher-format targets that open with the mention of the reference (the leakable habit)."""
+    demo_error: float = 0.5
+    """Share of the student-format demonstrator's colour read-outs that are off by one (its answer follows from its
+    read-outs). The warm start imitates an imperfect demonstrator, as SFT data distilled from a weaker model is:
+    its plateau is the demonstrator's, and only the reward can take it further, up to what the image allows."""
     n_train: int = 20000
     """Training problems (the testbed's train split prefix)."""
-    eval_every: int = 500
+    eval_every: int = 100
     """Evaluate on a validation subset every this many steps."""
     n_eval: int = 300
     """Validation problems per periodic evaluation."""
@@ -70,16 +81,37 @@ class SFTConfig:
     """Language-model depth."""
 
 
-def sft_example(problem, teacher: bool, rng: random.Random, mention_prob: float) -> tuple[list[dict], str]:
-    """(messages, target response text) for one problem in the student or teacher format."""
-    thought = problem.solution
+def careless_solution(problem, rng: random.Random, error: float) -> tuple[str, str]:
+    """(thought, answer) of a demonstrator who misreads each colour count by one with probability `error`.
+
+    The misreading is +1 or -1 with equal odds (a count of 0 read as -1 stays 0), so the true count stays the most
+    likely reading for any `error` < 2/3. The solution is self-consistent: the combination and the answer follow
+    from the (mis)read counts.
+    """
+    counts = dict(problem.meta["counts"])
+    for colour in COLOUR_ORDER:
+        if rng.random() < error:
+            counts[colour] = max(0, counts[colour] + (1 if rng.random() < 0.5 else -1))
+    return solution_text(problem.meta["family"], counts, problem.meta)
+
+
+def sft_example(problem, teacher: bool, rng: random.Random, mention_prob: float,
+                demo_error: float = 0.0) -> tuple[list[dict], str]:
+    """(messages, target response text) for one problem in the student or teacher format.
+
+    Teacher-format targets are the correct solution (with the answer in its prompt, the demonstrator's steps agree
+    with it); student-format targets come from the careless demonstrator (`SFTConfig.demo_error`).
+    """
+    thought, answer = problem.solution, problem.answer
     if teacher:
         messages = teacher_messages(problem.question, problem.answer, len(problem.images))
         if rng.random() < mention_prob:
             thought = f"{MENTION_TEMPLATE.format(answer=problem.answer)} {thought}"
     else:
         messages = student_messages(problem.question, len(problem.images))
-    return messages, f"<thought>{thought}</thought><answer>{problem.answer}</answer>"
+        if demo_error > 0:
+            thought, answer = careless_solution(problem, rng, demo_error)
+    return messages, f"<thought>{thought}</thought><answer>{answer}</answer>"
 
 
 def encode_targets(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +161,8 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> dict:
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        examples = [sft_example(train[i], rng.random() < cfg.teacher_frac, rng, cfg.mention_prob) for i in idx]
+        examples = [sft_example(train[i], rng.random() < cfg.teacher_frac, rng, cfg.mention_prob, cfg.demo_error)
+                    for i in idx]
         prompts = encode_prompts(processor, [m for m, _ in examples], [train[i].images for i in idx])
         target_BT, mask_BT = encode_targets(tok, [t for _, t in examples])
         for group in optimizer.param_groups:

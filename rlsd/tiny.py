@@ -125,14 +125,21 @@ def build_processor(tokenizer=None, image_processor=None):
 
 
 def tiny_config(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
-                vision_depth: int = 2, vision_hidden: int = 64, merge_size: int = 1):
-    """A `Qwen3VLConfig` of about 1M parameters whose token ids match `tokenizer`."""
+                vision_depth: int = 2, vision_hidden: int = 64, merge_size: int = 1, intermediate: int | None = None,
+                vision_heads: int = 2, vision_intermediate: int | None = None, vocab_size: int | None = None,
+                deepstack: tuple[int, ...] = (0,), vision_positions: int = 256):
+    """A `Qwen3VLConfig` whose token ids match `tokenizer`: about 1M parameters by default.
+
+    The keyword arguments also describe real Qwen3-VL shapes (see `rlsd.gpu_check.ARCHS`); `vocab_size` larger than
+    the tokenizer pads the embedding like the real 151,936-entry vocabulary.
+    """
     from transformers import Qwen3VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = hidden // heads
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        vocab_size=max(vocab_size or 0, len(tokenizer)), hidden_size=hidden,
+        intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
         max_position_embeddings=4096, tie_word_embeddings=False, pad_token_id=ids[PAD_TOKEN],
         bos_token_id=None, eos_token_id=ids[EOS_TOKEN],
@@ -141,9 +148,9 @@ def tiny_config(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, k
                          "mrope_section": _mrope_section(head_dim), "mrope_interleaved": True},
     )
     vision = dict(
-        depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=2,
-        patch_size=16, temporal_patch_size=2, spatial_merge_size=merge_size, out_hidden_size=hidden,
-        num_position_embeddings=256, deepstack_visual_indexes=[0],
+        depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_intermediate or 2 * vision_hidden,
+        num_heads=vision_heads, patch_size=16, temporal_patch_size=2, spatial_merge_size=merge_size,
+        out_hidden_size=hidden, num_position_embeddings=vision_positions, deepstack_visual_indexes=list(deepstack),
     )
     return Qwen3VLConfig(
         text_config=text, vision_config=vision,
@@ -159,21 +166,28 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [half - 2 * hw, hw, hw]
 
 
-def build_tiny_model(tokenizer=None, seed: int = 0, **config_kwargs):
-    """A randomly initialised tiny `Qwen3VLForConditionalGeneration`; same seed -> same weights."""
+def build_tiny_model(tokenizer=None, seed: int = 0, device: str | None = None, dtype: torch.dtype | None = None,
+                     **config_kwargs):
+    """A randomly initialised tiny `Qwen3VLForConditionalGeneration`; same seed -> same weights.
+
+    `device` builds it there directly (a 2B-shaped model initialises in seconds on a GPU, minutes on a CPU).
+    """
     from transformers import Qwen3VLForConditionalGeneration
 
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     config = tiny_config(tokenizer, **config_kwargs)
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
+    with torch.device(device or "cpu"):
+        model = Qwen3VLForConditionalGeneration(config)
+    if dtype is not None:
+        model.to(dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
     return model
 
 
-def save_tiny(path: str | Path, seed: int = 0, **config_kwargs) -> Path:
+def save_tiny(path: str | Path, seed: int = 0, **config_kwargs) -> Path:  # kwargs: build_tiny_model's
     """Build the tiny model + processor and save them as a regular HF model directory."""
     path = Path(path)
     processor = build_processor()

@@ -117,6 +117,13 @@ def sdpo_demonstrations(responses: list[str], rewards: list[float], group_size: 
 # ---------------------------------------------------------------------------------------------- the trainer
 
 
+def clock() -> float:
+    """Wall time after the GPU's queued work is done (CUDA calls return early; phase times would be wrong)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 @dataclass
 class StepBatch:
     """Everything one optimizer step works on, laid out [prompt0 x G, prompt1 x G, ...]."""
@@ -193,13 +200,14 @@ class Trainer:
         idx = step_prompts(len(self.train_problems), self.step, cfg.seed, cfg.prompts_per_step,
                            self.acc.process_index, self.acc.num_processes)
         problems = [self.train_problems[i] for i in idx]
-        student = encode_prompts(self.processor, [student_messages(p.question, len(p.images)) for p in problems],
+        fmt = cfg.format_instruction
+        student = encode_prompts(self.processor, [student_messages(p.question, len(p.images), fmt) for p in problems],
                                  [p.images for p in problems]).to(self.acc.device).repeat(G)
         if self.engine is not None:
             rollout = self.engine.generate(student, [p for p in problems for _ in range(G)], self.sampling)
         else:
             rollout = hf_generate(self.policy, student, self.sampling, self.suppress_ids, self.tok.eos_token_id,
-                                  self.tok.pad_token_id, micro_batch_size=cfg.micro_batch_size)
+                                  self.tok.pad_token_id, micro_batch_size=cfg.rollout_batch_size or None)
         responses = [self.tok.decode(ids[m.bool()], skip_special_tokens=True)
                      for ids, m in zip(rollout.response_ids_BT, rollout.response_mask_BT)]
         grouped = [p for p in problems for _ in range(G)]
@@ -217,10 +225,12 @@ class Trainer:
             return None
         if cfg.method == "sdpo":
             demos = sdpo_demonstrations(responses, rewards_N.tolist(), G)
-            messages = [teacher_messages(p.question, d, len(p.images)) if d else
-                        student_messages(p.question, len(p.images)) for p, d in zip(grouped, demos)]
+            messages = [teacher_messages(p.question, d, len(p.images), cfg.format_instruction) if d else
+                        student_messages(p.question, len(p.images), cfg.format_instruction)
+                        for p, d in zip(grouped, demos)]
             return encode_prompts(self.processor, messages, [p.images for p in grouped]).to(self.acc.device)
-        messages = [teacher_messages(p.question, reference_text(p, cfg), len(p.images)) for p in problems]
+        messages = [teacher_messages(p.question, reference_text(p, cfg), len(p.images), cfg.format_instruction)
+                    for p in problems]
         return encode_prompts(self.processor, messages, [p.images for p in problems]).to(self.acc.device).repeat(G)
 
     # -------------------------------------------------------------------------------------------- update
@@ -262,16 +272,26 @@ class Trainer:
                  "clip_low": 0.0, "clip_high": 0.0, "weighted_tokens": 0.0, "teacher_s": 0.0, "student_s": 0.0,
                  "kl_teacher_sum": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
+        teacher_logp_NT = None
+        if batch.teacher is not None and cfg.method not in NEEDS_LOGITS:
+            # RLSD needs only sampled-token log-probs: one batched no-grad pass, the paper's "one extra forward".
+            t0 = clock()
+            chunk = cfg.score_batch_size or N
+            teacher_logp_NT = torch.cat([self.teacher_scores(batch, list(range(s0, min(s0 + chunk, N))))[0]
+                                         for s0 in range(0, N, chunk)])
+            stats["teacher_s"] += clock() - t0
         for start in range(0, N, cfg.micro_batch_size):
             rows = list(range(start, min(start + cfg.micro_batch_size, N)))
             ids_BT, mask_BT = batch.rollout.response_ids_BT[rows], mask_NT[rows]
             adv_B = batch.adv_N[rows].to(self.acc.device)
             teacher_logp_BT = teacher_logits_BTV = None
-            if batch.teacher is not None:
-                t0 = time.perf_counter()
+            if teacher_logp_NT is not None:
+                teacher_logp_BT = teacher_logp_NT[rows]
+            elif batch.teacher is not None:  # full-vocabulary logits: per micro-batch, or they would not fit
+                t0 = clock()
                 teacher_logp_BT, teacher_logits_BTV = self.teacher_scores(batch, rows)
-                stats["teacher_s"] += time.perf_counter() - t0  # exactly 0 for GRPO (no teacher)
-            t1 = time.perf_counter()
+                stats["teacher_s"] += clock() - t0  # exactly 0 for GRPO (no teacher)
+            t1 = clock()
             s = score_responses(self.model, batch.student.select(rows), ids_BT, mask_BT, self.suppress_V,
                                 with_entropy=True, keep_logits=cfg.method in NEEDS_LOGITS)
             logp_BT = s.logp_BT
@@ -313,7 +333,7 @@ class Trainer:
                 stats["delta_sum"] += float(delta_BT.sum())
                 # Sampled-token estimate of KL(student ‖ teacher) on the student's own responses.
                 stats["kl_teacher_sum"] += float((-delta_BT).sum())
-            stats["student_s"] += time.perf_counter() - t1
+            stats["student_s"] += clock() - t1
 
         grad_norm = self.acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
         finite = math.isfinite(stats["loss_sum"]) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
@@ -336,11 +356,11 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} s{cfg.seed}", disable=not self.progress)
         while self.step < cfg.steps:
             torch.manual_seed(step_seed(cfg.seed, self.step, self.acc.process_index))
-            t0 = time.perf_counter()
+            t0 = clock()
             batch = self.rollout()
-            t1 = time.perf_counter()
+            t1 = clock()
             stats = self.update(batch)
-            t2 = time.perf_counter()
+            t2 = clock()
             self.step += 1
             if self.teacher is not None and stats["finite"]:
                 self.teacher.after_optimizer_step(self.step)
@@ -417,7 +437,8 @@ class Trainer:
                                       top_p=VALIDATION_SAMPLING.top_p, top_k=VALIDATION_SAMPLING.top_k)
             rng_state = torch.get_rng_state()
             res = evaluate(self.policy, self.processor, self.test_problems, fmt="student", sampling=sampling,
-                           seed=cfg.seed, batch_size=cfg.micro_batch_size, progress=False)
+                           seed=cfg.seed, batch_size=cfg.rollout_batch_size or cfg.micro_batch_size,
+                           progress=False)
             torch.set_rng_state(rng_state)  # evaluation must not shift the training RNG stream
             record = {"step": self.step, "method": cfg.method, "seed": cfg.seed, "split": "test", **res.summary}
             self.log(record)

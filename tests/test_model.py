@@ -94,6 +94,20 @@ def test_generation_never_emits_suppressed_tokens(images):
     assert len(ids) >= 5
 
 
+def test_chunked_generation_equals_whole_batch_generation(images):
+    """`micro_batch_size` (the trainer's rollout_batch_size) changes speed only: greedy outputs are identical."""
+    processor = build_processor()
+    model = build_tiny_model(processor.tokenizer, seed=1)
+    tok, ids, _ = _setup(model, processor)
+    prompts = encode_prompts(processor, [student_messages(q) for q in QUESTIONS], [[im] for im in images]).repeat(3)
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
+    whole = hf_generate(model, prompts, greedy, ids, tok.eos_token_id, tok.pad_token_id)
+    chunked = hf_generate(model, prompts, greedy, ids, tok.eos_token_id, tok.pad_token_id, micro_batch_size=4)
+    assert whole.response_ids_BT.shape[0] == 6
+    assert torch.equal(whole.response_ids_BT, chunked.response_ids_BT)
+    assert torch.equal(whole.response_mask_BT, chunked.response_mask_BT)
+
+
 def test_generate_then_score_reproduces_sampling_logprobs(images):
     processor = build_processor()
     model = build_tiny_model(processor.tokenizer, seed=0)

@@ -50,3 +50,19 @@ def test_bench_reports_phase_times_and_ratios(monkeypatch):
     assert rlsd["rollout_s"] == grpo["rollout_s"]  # the same rollout batch for every method
     assert result["rlsd_over_grpo"] == pytest.approx(rlsd["step_s"] / grpo["step_s"])
     assert result["no_grad_forward_s"] > 0 and result["batch"]["responses"] == 8
+
+
+def test_bench_on_the_trl_anchor_batch(tmp_path):
+    """`bench --peer`: the anchor's own generator writes the prompts; our step runs on exactly those."""
+    import rlsd.bench as B
+    from rlsd.data import load_problems
+
+    anchor = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "trl_anchor.py"
+    if not anchor.exists():
+        pytest.skip("../shared/bench/trl_anchor.py is not present")
+    overrides = B.peer_batch(str(anchor), str(tmp_path), n=16)
+    problems = load_problems(str(tmp_path / "peer.jsonl"))
+    assert len(problems) == 16 and {p.question for p in problems} == {"How many red squares?"}
+    assert all(p.images[0].size == (64, 64) and p.answer.isdigit() for p in problems)
+    result = B.run_bench("smoke", overrides + ["n_train_problems=16"], repeats=1, methods=("grpo", "rlsd"))
+    assert result["batch"]["responses"] == 8 and result["rlsd_over_grpo"] > 0

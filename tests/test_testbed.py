@@ -3,6 +3,7 @@
 import io
 import json
 import random
+import re
 
 import pytest
 from PIL import Image
@@ -50,7 +51,7 @@ def test_image_encodes_the_counts(family):
 def test_colour_noise_makes_reading_ambiguous_but_informative():
     problems = generate_split("test", 600)
     ideal = sum(ideal_observer_answer(p) == p.answer for p in problems) / len(problems)
-    assert 0.55 < ideal < 0.75  # the documented ~65% ceiling of nearest-prototype reading
+    assert 0.80 < ideal < 0.92  # the documented ~86% ceiling of nearest-prototype reading
     assert ideal > majority_baseline(problems) + 0.25
 
 
@@ -197,3 +198,29 @@ def test_evaluate_summary_is_complete_and_seeded():
         assert key in s
     assert s["n"] == 6 and 0 < s["mention_prob"] < 1e-3  # a random model has no mention habit
     assert s["mean_response_tokens"] <= 12
+
+
+def test_careless_demonstrator_is_self_consistent_and_errs_at_its_rate():
+    import random
+
+    from rlsd.sft import careless_solution, sft_example
+
+    problems = generate_split("train", 400)
+    rng = random.Random(0)
+    wrong_reads = total_reads = wrong_answers = 0
+    for p in problems:
+        thought, answer = careless_solution(p, rng, 0.5)
+        assert supported_answer(p, thought) == answer  # its answer follows from its own read-outs
+        reads = dict((c, int(v)) for c, v in re.findall(r"(red|green|blue|yellow) (\d+)", thought)[:4])
+        wrong_reads += sum(reads[c] != p.meta["counts"][c] for c in COLOURS if p.meta["counts"][c] > 0)
+        assert all(abs(reads[c] - p.meta["counts"][c]) <= 1 and reads[c] >= 0 for c in COLOURS)
+        total_reads += sum(p.meta["counts"][c] > 0 for c in COLOURS)
+        wrong_answers += answer != p.answer
+        assert careless_solution(p, rng, 0.0) == (p.solution, p.answer)
+    assert 0.45 < wrong_reads / total_reads < 0.55  # non-zero counts: misread at the full rate
+    assert 0.3 < wrong_answers / len(problems) < 0.8
+    # Teacher-format targets stay correct; student-format ones come from the demonstrator.
+    messages, target = sft_example(problems[0], True, random.Random(1), mention_prob=0.0, demo_error=1.0)
+    assert target == f"<thought>{problems[0].solution}</thought><answer>{problems[0].answer}</answer>"
+    _, target = sft_example(problems[0], False, random.Random(1), mention_prob=0.0, demo_error=1.0)
+    assert target != f"<thought>{problems[0].solution}</thought><answer>{problems[0].answer}</answer>"

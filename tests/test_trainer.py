@@ -534,3 +534,45 @@ def test_learning_rate_warmup_is_a_function_of_the_step(tiny_dir, tmp_path, even
     assert [r["lr"] for r in records] == pytest.approx([5e-5, 1e-4, 1e-4])
     with pytest.raises(ValueError, match="warmup_steps"):
         make_config("smoke", warmup_steps=-1)
+
+
+# ------------------------------------------------------------------------------------- 6. batching is numerics-free
+
+
+def test_chunking_the_rlsd_teacher_pass_does_not_change_the_update(tiny_dir, tmp_path, even_reward):
+    """One batched teacher pass vs chunks of 3 rows (update micro-batches of 2): the same step, to float tolerance."""
+    common = ("micro_batch_size=2", "rlsd_lam0=1")
+    whole, whole_params = one_step("whole", "rlsd", tmp_path, tiny_dir, *common, "score_batch_size=0")
+    chunked, chunked_params = one_step("chunk", "rlsd", tmp_path, tiny_dir, *common, "score_batch_size=3")
+    assert whole["time_teacher_s"] > 0 and chunked["time_teacher_s"] > 0 and whole["delta_mean"] != 0
+    for key in ("reward_mean", "response_tokens_mean", "delta_mean", "loss", "grad_norm", "weight_clip_high_frac"):
+        assert whole[key] == pytest.approx(chunked[key], rel=1e-4, abs=1e-6), key
+    for name in whole_params:
+        torch.testing.assert_close(whole_params[name], chunked_params[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rollout_batch_size, expected", [(0, None), (3, 3)])
+def test_rollout_batch_size_reaches_generate(tiny_dir, tmp_path, monkeypatch, rollout_batch_size, expected):
+    seen = []
+    real = T.hf_generate
+
+    def recording(*args, micro_batch_size=None, **kwargs):
+        seen.append(micro_batch_size)
+        return real(*args, micro_batch_size=micro_batch_size, **kwargs)
+
+    monkeypatch.setattr(T, "hf_generate", recording)
+    cfg = smoke_config("grpo", tmp_path, tiny_dir, "micro_batch_size=2", f"rollout_batch_size={rollout_batch_size}")
+    batch = T.Trainer(cfg, progress=False).rollout()
+    assert seen == [expected] and batch.rewards_N.numel() == cfg.prompts_per_step * cfg.group_size
+
+
+def test_prompts_without_the_format_instruction(tiny_dir, tmp_path):
+    from rlsd.prompts import FORMAT_INSTRUCTION, student_messages, teacher_messages
+
+    assert FORMAT_INSTRUCTION in student_messages("q?")[0]["content"][-1]["text"]
+    assert student_messages("q?", 1, False)[0]["content"][-1]["text"] == "q?"
+    assert FORMAT_INSTRUCTION not in teacher_messages("q?", "7", 1, False)[0]["content"][-1]["text"]
+    with_fmt = T.Trainer(smoke_config("grpo", tmp_path / "a", tiny_dir), progress=False).rollout()
+    bare = T.Trainer(smoke_config("grpo", tmp_path / "b", tiny_dir, "format_instruction=false"),
+                     progress=False).rollout()
+    assert bare.student.attention_mask_BP.sum() < with_fmt.student.attention_mask_BP.sum()

@@ -1,0 +1,188 @@
+"""One command that checks the real-model path on a GPU, without the model hub:
+
+    python -m rlsd.gpu_check --arch 2b --out gpu-check
+
+It builds a randomly initialised Qwen3-VL with the shapes of the 2B (or 8B) model -- real layer counts, widths,
+vision tower, deepstack and the padded 151,936-entry vocabulary, with the project's tiny tokenizer -- and drives it
+through the GPU profile's settings (`qwen3vl-2b` / `qwen3vl-8b`: NF4 base, LoRA, bf16, gradient checkpointing):
+
+1. `lora_grads`: after a rollout (the no-grad forward that triggers bitsandbytes' weight caches), every LoRA B
+   matrix of every adapted projection receives a non-zero gradient through the checkpointed 4-bit model;
+2. `bench`: GRPO and RLSD (then the other methods, time permitting) on the same rollout batch -- phase times,
+   `rlsd_over_grpo` and `rlsd_overhead_over_forward` (the paper's "one extra forward" claim) at real scale;
+3. `train_resume`: the real training loop for two steps with checkpoints, then a resumed third step.
+
+Random weights mean: rewards are ~0, and nearly every response runs to `max_new_tokens` (a worst case for
+rollout length). Timings and memory are real; accuracy is meaningless. The real checkpoint needs the hub or a local
+copy: `python -m rlsd train --profile qwen3vl-2b` is the same code with `model.path` pointing at it.
+
+Results go to `<out>/gpu_check.json`, rewritten after every stage, so a run cut short still reports what it did.
+`--arch tiny` runs the same stages on the CPU in seconds (the test of this script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+# Shapes of the released models' configs (language model and vision tower). Word embeddings are untied here
+# (the 2B model ties them): ~0.3B more trainable-free parameters, a slightly larger memory footprint.
+ARCHS = {
+    "tiny": dict(),
+    "2b": dict(hidden=2048, layers=28, heads=16, kv_heads=8, intermediate=6144, vision_depth=24, vision_hidden=1024,
+               vision_intermediate=4096, vision_heads=16, merge_size=2, vocab_size=151936, deepstack=(5, 11, 17),
+               vision_positions=2304),
+    "8b": dict(hidden=4096, layers=36, heads=32, kv_heads=8, intermediate=12288, vision_depth=27,
+               vision_hidden=1152, vision_intermediate=4304, vision_heads=16, merge_size=2, vocab_size=151936,
+               deepstack=(8, 16, 24), vision_positions=2304),
+}
+PROFILE_OF_ARCH = {"tiny": "smoke", "2b": "qwen3vl-2b", "8b": "qwen3vl-8b"}
+
+
+def environment() -> dict:
+    import accelerate
+    import peft
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "peft": peft.__version__, "accelerate": accelerate.__version__, "cuda": torch.cuda.is_available()}
+    for name in ("bitsandbytes", "vllm"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception as err:  # noqa: BLE001 -- report whatever stops the import
+            env[name] = f"unavailable ({type(err).__name__})"
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["gpu_mem_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return env
+
+
+def build_model(arch: str, path: Path) -> dict:
+    """Save a random model of `arch`'s shape (bf16 on a GPU) with the tiny tokenizer and a matching processor."""
+    from rlsd.tiny import build_image_processor, build_processor, build_tiny_model
+
+    shape = ARCHS[arch]
+    processor = build_processor()
+    merge = shape.get("merge_size", processor.image_processor.merge_size)
+    if merge != processor.image_processor.merge_size:
+        processor = build_processor(image_processor=build_image_processor(merge_size=merge))
+    cuda = torch.cuda.is_available()
+    model = build_tiny_model(processor.tokenizer, seed=0, device="cuda" if cuda else None,
+                             dtype=torch.bfloat16 if cuda else None, **shape)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"parameters": n_params}
+
+
+def overrides_for(arch: str, model_dir: Path, max_new_tokens: int) -> list[str]:
+    base = [f"model.path={model_dir}", "data=testbed", "engine=hf", "eval_every=0", "tensorboard=false",
+            f"max_new_tokens={max_new_tokens}", "n_train_problems=200"]
+    if arch == "tiny":  # the smoke profile is full-parameter; take the GPU profiles' model path instead
+        return base + ["model.lora_rank=8", "model.load_in_4bit=true", "model.gradient_checkpointing=true"]
+    # A big GPU: whole-batch generation and teacher pass; update micro-batches of 8 (activations with a backward).
+    return base + ["prompts_per_step=8", "group_size=8", "micro_batch_size=8", "rollout_batch_size=0",
+                   "score_batch_size=0"]
+
+
+def lora_gradient_check(profile: str, overrides: list[str], out: Path) -> dict:
+    from rlsd.config import make_config
+    from rlsd.scoring import score_responses
+    from rlsd.trainer import Trainer
+
+    cfg = make_config(profile, overrides, method="grpo", out=str(out), save_every=0)
+    trainer = Trainer(cfg, progress=False)
+    torch.manual_seed(0)
+    batch = trainer.rollout()
+    rows = list(range(min(4, batch.rewards_N.numel())))
+    scores = score_responses(trainer.model, batch.student.select(rows), batch.rollout.response_ids_BT[rows],
+                             batch.rollout.response_mask_BT[rows], trainer.suppress_V)
+    (-scores.logp_BT.sum()).backward()
+    grads = {n: p.grad for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    nonzero = sum(g is not None and bool(g.abs().sum() > 0) for g in grads.values())
+    result = {"lora_B_matrices": len(grads), "lora_B_with_gradient": nonzero,
+              "ok": len(grads) > 0 and nonzero == len(grads),
+              "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
+    del trainer
+    return result
+
+
+def train_resume_check(profile: str, overrides: list[str], out: Path) -> dict:
+    from rlsd.config import make_config
+    from rlsd.trainer import Trainer
+
+    shutil.rmtree(out, ignore_errors=True)
+    common = dict(method="rlsd", out=str(out), save_every=1, rlsd_decay_steps=2, teacher_sync_every=1)
+    first = Trainer(make_config(profile, overrides, steps=2, **common), progress=False).train()
+    resumed_trainer = Trainer(make_config(profile, overrides, steps=3, **common), progress=False)
+    resumed = resumed_trainer.train()
+    keys = ("step", "reward_mean", "response_tokens_mean", "truncated_frac", "lambda", "loss", "grad_norm",
+            "time_rollout_s", "time_teacher_s", "time_update_s", "peak_mem_mb")
+    steps = [r for r in first + resumed if "reward_mean" in r]
+    return {"steps": [{k: r.get(k) for k in keys} for r in steps],
+            "resumed_from": 2, "ok": [r["step"] for r in steps] == [1, 2, 3]}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=tuple(ARCHS), default="2b")
+    parser.add_argument("--out", default="gpu-check")
+    parser.add_argument("--work-dir", default="/tmp/rlsd-gpu-check", help="random model and run checkpoints")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="bench rounds (medians reported)")
+    parser.add_argument("--skip", default="", help="comma-separated stages to skip (lora_grads, bench, train_resume)")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="skip the optional stages (extra bench methods) once this much time has passed")
+    args = parser.parse_args(argv)
+
+    from rlsd.bench import run_bench
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"arch": args.arch, "profile": PROFILE_OF_ARCH[args.arch], "max_new_tokens": args.max_new_tokens}
+
+    def stage(name, fn, *a):
+        t0 = time.perf_counter()
+        try:
+            report[name] = fn(*a)
+        except Exception as err:  # noqa: BLE001 -- a failed stage is a result; the next stages still run
+            report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        report[name + "_s"] = round(time.perf_counter() - t0, 1)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {name}: {json.dumps(report[name], default=str)[:600]}",
+              flush=True)
+
+    work = Path(args.work_dir)
+    model_dir = work / f"qwen3vl-{args.arch}-random"
+    profile, overrides = report["profile"], overrides_for(args.arch, model_dir, args.max_new_tokens)
+    stage("environment", environment)
+    stage("build", build_model, args.arch, model_dir)
+    skip = set(filter(None, args.skip.split(",")))
+    if "lora_grads" not in skip:
+        stage("lora_grads", lora_gradient_check, profile, overrides, work / "grads")
+    if "bench" not in skip:
+        stage("bench", run_bench, profile, overrides, args.repeats, ("grpo", "rlsd"))
+    if "train_resume" not in skip:
+        stage("train_resume", train_resume_check, profile, overrides, work / "run")
+    if time.perf_counter() - t_start < args.budget_s:
+        stage("bench_distillation", run_bench, profile, overrides, max(1, args.repeats - 1), ("opsd", "sdpo"))
+    report["ok"] = all(report.get(k, {}).get("ok", True) is not False for k in
+                       ("build", "lora_grads", "bench", "train_resume", "bench_distillation"))
+    report["total_s"] = round(time.perf_counter() - t_start, 1)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({"ok": report["ok"], "total_s": report["total_s"]}))
+    return report
+
+
+if __name__ == "__main__":
+    main()
