@@ -224,3 +224,14 @@ def test_careless_demonstrator_is_self_consistent_and_errs_at_its_rate():
     assert target == f"<thought>{problems[0].solution}</thought><answer>{problems[0].answer}</answer>"
     _, target = sft_example(problems[0], False, random.Random(1), mention_prob=0.0, demo_error=1.0)
     assert target != f"<thought>{problems[0].solution}</thought><answer>{problems[0].answer}</answer>"
+
+
+def test_shipped_warm_start_was_trained_with_the_default_sft_config():
+    """`python -m rlsd sft --out data/tiny-sft` (the README's command) regenerates the shipped checkpoint."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from rlsd.sft import SFTConfig
+
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "data" / "tiny-sft" / "sft_config.json").read_text())
+    assert shipped == asdict(SFTConfig())
