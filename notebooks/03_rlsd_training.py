@@ -145,14 +145,15 @@ if HAVE_LOGS:
 # %% [markdown]
 # ## 2. Training dynamics (Figure 5 of the paper, on the testbed)
 #
-# Mean over seeds with the min–max band; per-step quantities are smoothed by a 10-step moving average. The clip
+# Mean over seeds with the min–max band; measured per-step quantities are smoothed by a 10-step moving average (λ,
+# a schedule, is drawn as set); test accuracy starts at step 0, the warm start's own evaluation. The clip
 # fractions are measured on every RLSD token with a non-zero advantage, also after λ has reached 0 (when the weight no
 # longer enters the update). This is the figure `python -m rlsd reproduce` draws, regenerated from the logs alone.
 
 # %%
 if HAVE_LOGS:
-    fig = plot_panels(raw_runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, min-max band)",
-                      smooth=10, methods=[m for m in FIGURE5_METHODS if m in raw_runs])
+    fig = plot_panels(runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, min-max band)",
+                      smooth=10, methods=[m for m in FIGURE5_METHODS if m in runs])
     save(fig, "03_training_dynamics")
     display(fig)
 

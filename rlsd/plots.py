@@ -33,9 +33,15 @@ def _ordered(runs: dict) -> list[str]:
     return [m for m in METHOD_ORDER if m in runs] + sorted(m for m in runs if m not in METHOD_ORDER)
 
 
+SCHEDULES = {"lambda", "lr"}  # set by the config, not measured: drawn exactly, never smoothed
+
+
 def plot_panels(runs: dict, panels: list[tuple[str, str, str]], title: str = "", smooth: int = 1,
                 methods: list[str] | None = None, ncols: int = 3) -> Figure:
-    """One panel per (kind, key, label); kind is 'metrics' (per step) or 'eval'. Mean over seeds, min-max band."""
+    """One panel per (kind, key, label); kind is 'metrics' (per step) or 'eval'. Mean over seeds, min-max band.
+
+    `smooth` is a moving-average window for measured per-step metrics; schedules (λ, lr) are drawn as set.
+    """
     methods = methods or _ordered(runs)
     nrows = -(-len(panels) // ncols)
     fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
@@ -44,7 +50,8 @@ def plot_panels(runs: dict, panels: list[tuple[str, str, str]], title: str = "",
         for m in methods:
             if m not in runs:
                 continue
-            steps, mean, lo, hi = seed_band(runs[m], kind, key, smooth=smooth if kind == "metrics" else 1)
+            smoothed = kind == "metrics" and key not in SCHEDULES
+            steps, mean, lo, hi = seed_band(runs[m], kind, key, smooth=smooth if smoothed else 1)
             if not len(steps):
                 continue
             n = len(runs[m])

@@ -119,9 +119,12 @@ def _finished(out: Path, steps: int) -> bool:
 def draw_figures(logs: Path, suffix: str = "", directory: str | None = None) -> list[Path]:
     """Training dynamics (Figure 5 style) and leakage curves from the logs in `logs`."""
     from rlsd.plots import LEAKAGE_PANELS, TRAINING_PANELS, plot_panels, save_figure
-    from rlsd.runs import load_runs
+    from rlsd.runs import load_runs, with_base_eval
 
     runs = load_runs(logs)
+    base_path = Path(logs) / "base_eval.json"
+    if base_path.exists():  # the warm start's evaluation is every curve's step-0 point
+        runs = with_base_eval(runs, json.loads(base_path.read_text())["student/none"])
     paths = []
     fig = plot_panels(runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, min-max band)",
                       smooth=10, methods=[m for m in ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd") if m in runs])

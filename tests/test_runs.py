@@ -142,3 +142,16 @@ def test_response_flags_on_a_testbed_problem():
     copied = R.response_flags(problem, f"<thought>the reference answer is 0 , {colour} 2</thought><answer>0</answer>")
     assert copied["leak"] and copied["unsupported"] and copied["supported"] == "2"
     assert R.response_flags(problem, "no answer")["unsupported"] is False
+
+
+def test_panels_smooth_measurements_but_draw_schedules_exactly():
+    from rlsd.plots import plot_panels
+
+    lam = [max(0.0, 0.5 * (1 - s / 5)) for s in range(10)]
+    noisy = [float(s % 2) for s in range(10)]
+    metrics = [(s, {"lambda": lam[s], "reward_mean": noisy[s]}) for s in range(10)]
+    runs = {"rlsd": {0: fake_run([], metrics)}}
+    fig = plot_panels(runs, [("metrics", "lambda", "λ"), ("metrics", "reward_mean", "reward")], smooth=4, ncols=2)
+    lam_line, reward_line = (ax.get_lines()[0] for ax in fig.axes[:2])
+    assert list(lam_line.get_ydata()) == pytest.approx(lam)  # the schedule, as set
+    assert max(reward_line.get_ydata()) < 1.0  # the 0/1 alternation is averaged
