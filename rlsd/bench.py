@@ -19,6 +19,7 @@ import statistics
 import torch
 
 from rlsd.config import METHODS, make_config
+from rlsd.inputs import row_chunks
 from rlsd.scoring import score_responses
 
 
@@ -46,14 +47,11 @@ def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeat
 
     # One no-grad forward of the batch (the unit of the paper's "one extra forward").
     # Chunked as the trainer chunks its teacher pass (`score_batch_size`), so the unit and the overhead compare.
-    N = base.rewards_N.numel()
-    chunk = first.cfg.score_batch_size or N
     forward_times = []
     for _ in range(repeats):
         t0 = clock()
         with torch.no_grad():
-            for s0 in range(0, N, chunk):
-                rows = list(range(s0, min(s0 + chunk, N)))
+            for rows in row_chunks(base.rewards_N.numel(), first.cfg.score_batch_size):
                 score_responses(first.policy, base.student.select(rows), base.rollout.response_ids_BT[rows],
                                 base.rollout.response_mask_BT[rows], first.suppress_V, with_entropy=False)
         forward_times.append(clock() - t0)

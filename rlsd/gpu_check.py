@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shutil
 import time
@@ -64,23 +65,19 @@ def environment() -> dict:
 
 
 def build_model(arch: str, path: Path) -> dict:
-    """Save a random model of `arch`'s shape (bf16 on a GPU) with the tiny tokenizer and a matching processor."""
-    from rlsd.tiny import build_image_processor, build_processor, build_tiny_model
+    """Save a random model of `arch`'s shape (bf16, built on the GPU when there is one) with the tiny tokenizer."""
+    from safetensors import safe_open
 
-    shape = ARCHS[arch]
-    processor = build_processor()
-    merge = shape.get("merge_size", processor.image_processor.merge_size)
-    if merge != processor.image_processor.merge_size:
-        processor = build_processor(image_processor=build_image_processor(merge_size=merge))
+    from rlsd.tiny import save_tiny
+
     cuda = torch.cuda.is_available()
-    model = build_tiny_model(processor.tokenizer, seed=0, device="cuda" if cuda else None,
-                             dtype=torch.bfloat16 if cuda else None, **shape)
-    n_params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    del model
+    save_tiny(path, seed=0, device="cuda" if cuda else None, dtype=torch.bfloat16 if cuda else None, **ARCHS[arch])
     if cuda:
         torch.cuda.empty_cache()
+    n_params = 0
+    for shard in path.glob("*.safetensors"):
+        with safe_open(shard, "pt") as f:
+            n_params += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     return {"parameters": n_params}
 
 

@@ -101,6 +101,12 @@ class PromptBatch:
         return inputs
 
 
+def row_chunks(n: int, size: int) -> list[list[int]]:
+    """Row indices 0..n-1 in consecutive chunks of `size` (0: one chunk of all rows)."""
+    size = size or n
+    return [list(range(start, min(start + size, n))) for start in range(0, n, size)]
+
+
 def encode_prompts(processor, messages: list[list[dict]], images: list[list] | None) -> PromptBatch:
     """Chat messages (one conversation per row) and each row's images -> a left-padded `PromptBatch`.
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlsd.inputs import PromptBatch
+from rlsd.inputs import PromptBatch, row_chunks
 
 
 @dataclass
@@ -83,11 +83,10 @@ def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_
         gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-    step = micro_batch_size or prompts.batch_size
     chunks = []
     try:
-        for start in range(0, prompts.batch_size, step):
-            part = prompts.select(range(start, min(start + step, prompts.batch_size)))
+        for rows in row_chunks(prompts.batch_size, micro_batch_size or 0):
+            part = prompts.select(rows)
             out = model.generate(**part.model_inputs(), **gen_kwargs)
             chunks.append(out[:, part.input_ids_BP.shape[1]:])
     finally:

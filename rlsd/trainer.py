@@ -54,7 +54,7 @@ from rlsd import algorithm as alg
 from rlsd.config import TrainConfig
 from rlsd.data import Problem, load_problems
 from rlsd.evaluate import evaluate
-from rlsd.inputs import PromptBatch, encode_prompts
+from rlsd.inputs import PromptBatch, encode_prompts, row_chunks
 from rlsd.model import load_policy
 from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
@@ -276,12 +276,10 @@ class Trainer:
         if batch.teacher is not None and cfg.method not in NEEDS_LOGITS:
             # RLSD needs only sampled-token log-probs: one batched no-grad pass, the paper's "one extra forward".
             t0 = clock()
-            chunk = cfg.score_batch_size or N
-            teacher_logp_NT = torch.cat([self.teacher_scores(batch, list(range(s0, min(s0 + chunk, N))))[0]
-                                         for s0 in range(0, N, chunk)])
+            teacher_logp_NT = torch.cat([self.teacher_scores(batch, rows)[0]
+                                         for rows in row_chunks(N, cfg.score_batch_size)])
             stats["teacher_s"] += clock() - t0
-        for start in range(0, N, cfg.micro_batch_size):
-            rows = list(range(start, min(start + cfg.micro_batch_size, N)))
+        for rows in row_chunks(N, cfg.micro_batch_size):
             ids_BT, mask_BT = batch.rollout.response_ids_BT[rows], mask_NT[rows]
             adv_B = batch.adv_N[rows].to(self.acc.device)
             teacher_logp_BT = teacher_logits_BTV = None
