@@ -75,14 +75,21 @@ def cmd_train(args):
     from rlsd.config import TrainConfig, make_config
     from rlsd.trainer import train
 
-    if args.help_config:
-        for name, doc in _field_docs(TrainConfig).items():
-            print(f"{name:24s} {doc}")
-        return
+    from rlsd.model import ModelSpec
+
     fields = {k: v for k, v in dict(method=args.method, seed=args.seed, out=args.out).items() if v is not None}
-    if "out" not in fields:
-        fields["out"] = f"runs/{args.profile}/{args.method}-s{args.seed or 0}"
     cfg = make_config(args.profile, args.overrides, **fields)
+    if args.out is None and not any(str(o).startswith("out=") for o in args.overrides):
+        # named after the RESOLVED method and seed (they may come from overrides or the profile)
+        cfg = dataclasses.replace(cfg, out=f"runs/{args.profile}/{cfg.method}-s{cfg.seed}")
+    if args.help_config:
+        print(f"# profile {args.profile!r} with the given overrides: field = value  (docstring)")
+        docs = {**_field_docs(TrainConfig), **{f"model.{k}": v for k, v in _field_docs(ModelSpec).items()}}
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "model"}
+        values.update({f"model.{f.name}": getattr(cfg.model, f.name) for f in dataclasses.fields(cfg.model)})
+        for name, value in values.items():
+            print(f"{name} = {json.dumps(value)}\n    {docs.get(name, '')}")
+        return
     records = train(cfg)
     evals = [r for r in records if "split" in r]
     if evals:
@@ -199,7 +206,26 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(u for u in unknown if u not in late or not hasattr(args, 'overrides'))}")
     if late:
         args.overrides = list(args.overrides) + late
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
+        # Bad input (DataError, CheckpointError and config errors are ValueError/RuntimeError subclasses) and path
+        # problems: one line, exit code 2. RLSD_DEBUG=1 shows the traceback.
+        if os.environ.get("RLSD_DEBUG") or not _is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Errors that describe the user's input (a file, a path, a config value), as opposed to bugs."""
+    from rlsd.checkpoint import CheckpointError
+    from rlsd.data import DataError
+
+    if isinstance(e, (DataError, CheckpointError, OSError, FloatingPointError)):
+        return True
+    return type(e) is ValueError  # config validation raises plain ValueError naming the field
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Every field has a docstring (the string under it); `python -m rlsd train --help-
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 from dataclasses import dataclass, field
 
 from rlsd.model import ModelSpec
@@ -139,6 +141,16 @@ class TrainConfig:
             if isinstance(default, int) and not isinstance(default, bool) and (
                     isinstance(value, bool) or not isinstance(value, int)):
                 bad(f.name, f"must be an integer, got {value!r}")
+        for f in dataclasses.fields(self):  # lr=inf or grad_clip=nan would corrupt the weights silently
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(f.name, f"must be a finite number, got {value!r}")
+        for f in dataclasses.fields(self.model):
+            value = getattr(self.model, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(f"model.{f.name}", f"must be a finite number, got {value!r}")
+        if "trust_remote_code" in self.model.extra:
+            bad("model.extra", "may not set trust_remote_code (a model directory must not run code on load)")
         if self.model.lora_rank < 0:
             bad("model.lora_rank", f"must be >= 0 (0 trains all parameters), got {self.model.lora_rank}")
         if self.model.load_in_4bit and self.model.lora_rank == 0:
@@ -155,8 +167,20 @@ class TrainConfig:
                      "rollout_batch_size", "score_batch_size"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            bad("lr", f"must be > 0, got {self.lr}")
+        if not 0 < self.lr <= 1:
+            bad("lr", f"must be in (0, 1], got {self.lr}")
+        if not self.grad_clip > 0:
+            bad("grad_clip", f"must be > 0 (a norm bound; <= 0 would zero or flip gradients), got {self.grad_clip}")
+        if self.weight_decay < 0:
+            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not 0 < self.eps_low < 1:
+            bad("eps_low", f"must be in (0, 1), got {self.eps_low}")
+        if not self.eps_high > 0:
+            bad("eps_high", f"must be > 0, got {self.eps_high}")
+        if self.model.lora_alpha <= 0:
+            bad("model.lora_alpha", f"must be > 0, got {self.model.lora_alpha}")
+        if not 0 <= self.model.lora_dropout < 1:
+            bad("model.lora_dropout", f"must be in [0, 1), got {self.model.lora_dropout}")
         if not 0 <= self.rlsd_lam0 <= 1:
             bad("rlsd_lam0", f"must be in [0, 1], got {self.rlsd_lam0}")
         if not 0 < self.rlsd_clip_eps < 1:
@@ -233,7 +257,9 @@ def apply_overrides(cfg, overrides: dict):
     names = {f.name: f for f in dataclasses.fields(cfg)}
     for key, value in overrides.items():
         if key not in names:
-            raise ValueError(f"{type(cfg).__name__} has no field {key!r}")
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{type(cfg).__name__} has no field {key!r}{hint}")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             changes[key] = apply_overrides(current, value)
@@ -290,3 +316,35 @@ def make_config(profile: str = "cpu", overrides: list[str] | dict | None = None,
     for item in overrides or []:
         cfg = apply_overrides(cfg, _coerce(cfg, parse_override(item) if isinstance(item, str) else item))
     return cfg.validate()
+
+
+# Fields a resumed run may change: where it writes, how long it runs, how often it logs, and how it batches work
+# (micro-batch sizes change float summation order only). Every other field changes what is computed.
+RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "samples_per_eval", "tensorboard",
+                     "micro_batch_size", "rollout_batch_size", "score_batch_size"}
+
+
+def flat_fields(d: dict, prefix: str = "") -> dict:
+    """{'model': {'lora_rank': 8}} -> {'model.lora_rank': 8}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "extra":
+            out.update(flat_fields(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_conflicts(saved: dict, cfg: TrainConfig) -> list[str]:
+    """'field: saved -> now' for every field that differs from the checkpoint's and changes what is computed."""
+    now = flat_fields(json.loads(cfg.to_json()))
+    before = flat_fields(saved)
+    defaults = flat_fields(json.loads(TrainConfig().to_json()))
+    conflicts = []
+    for k in sorted(set(now) | set(before)):
+        if k in RESUME_MAY_CHANGE or before.get(k) == now.get(k):
+            continue
+        if k not in before and now.get(k) == defaults.get(k):
+            continue  # a field added after the checkpoint was written, left at its default
+        conflicts.append(f"{k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}")
+    return conflicts

@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +49,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlsd import algorithm as alg
-from rlsd.config import TrainConfig
+from rlsd import checkpoint as ckpt
+from rlsd.config import TrainConfig, resume_conflicts
 from rlsd.data import Problem, load_problems
 from rlsd.evaluate import evaluate
 from rlsd.inputs import PromptBatch, encode_prompts, row_chunks
@@ -142,9 +141,21 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg.validate()
+        self.out = Path(cfg.out)
+        # Before anything heavy loads or anything is written: the run directory must be usable, and a checkpoint
+        # in it must be loadable (weights_only) and written by this same configuration.
+        ckpt.check_run_dir(self.out)
+        self.resume_dir, self.resume_state, problems = ckpt.find_resumable(self.out)
+        for problem in problems:
+            print(f"warning: skipping an unusable checkpoint: {problem}")
+        if self.resume_state is not None:
+            saved = self.resume_state.get("config") or {}
+            conflicts = resume_conflicts(saved, cfg)
+            if conflicts:
+                raise ValueError(f"{self.resume_dir}: this run directory holds a run with another configuration "
+                                 f"({'; '.join(conflicts)}); resume with the same values or choose another --out")
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.progress = progress and self.acc.is_main_process
-        self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
@@ -184,9 +195,16 @@ class Trainer:
         return None  # HF generate
 
     def _open_logs(self):
+        """Settle the checkpoints (the chosen one becomes checkpoint/), cut the logs back to its step, write config."""
         if not self.acc.is_main_process:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        ckpt.settle(self.out, self.resume_dir)
+        self.resume_dir = None if self.resume_dir is None else self.out / "checkpoint"
+        start = 0 if self.resume_state is None else int(self.resume_state["step"])
+        dropped = ckpt.truncate_logs(self.out, start)
+        if any(dropped.values()):
+            print(f"{self.out}: dropped log records after step {start}: {dropped}")
         (self.out / "config.json").write_text(self.cfg.to_json())
         if self.cfg.tensorboard and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -333,10 +351,21 @@ class Trainer:
                 stats["kl_teacher_sum"] += float((-delta_BT).sum())
             stats["student_s"] += clock() - t1
 
-        grad_norm = self.acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
-        finite = math.isfinite(stats["loss_sum"]) and bool(torch.isfinite(torch.as_tensor(grad_norm)))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = self.acc.clip_grad_norm_(params, cfg.grad_clip)
+        # Checked AFTER clipping, on the gradients that would be applied, and agreed by every process.
+        finite_local = math.isfinite(stats["loss_sum"]) and bool(torch.isfinite(torch.as_tensor(grad_norm))) and all(
+            bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+        flag = torch.tensor(float(finite_local), device=self.acc.device)
+        finite = bool(self.acc.reduce(flag, reduction="sum") == self.acc.num_processes)
         if finite:
             self.optimizer.step()
+            bad = [n for n, p in self.policy.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+            if bad:
+                raise FloatingPointError(
+                    f"step {self.step + 1}: {len(bad)} parameter tensors became non-finite after the optimizer step "
+                    f"(first: {bad[0]}); stopped before writing a checkpoint -- {self.out / 'checkpoint'} holds the "
+                    f"last good state")
         else:
             self.skipped_steps += 1  # never apply a non-finite update
         self.optimizer.zero_grad(set_to_none=True)
@@ -468,40 +497,38 @@ class Trainer:
             "config": json.loads(self.cfg.to_json()),
         }
 
+    checkpoint_hook = None
+    """Called between the stages of a checkpoint write (rlsd.checkpoint.write_checkpoint); fault-injection tests."""
+
     def save_checkpoint(self):
-        """Write <out>/checkpoint atomically (a temp dir renamed into place); adapters also as a peft dir."""
+        """Write <out>/checkpoint so that a kill at any instant leaves a complete one (rlsd.checkpoint)."""
         self.acc.wait_for_everyone()
         if not self.acc.is_main_process:
             return
-        final = self.out / "checkpoint"
-        tmp = self.out / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(self.checkpoint_state(), tmp / "state.pt")
-        if hasattr(self.policy, "peft_config"):
-            self.policy.save_pretrained(tmp / "adapter")
-        else:
-            self.policy.save_pretrained(tmp / "model")
-            self.processor.save_pretrained(tmp / "model")
-        old = self.out / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+
+        def save_weights(tmp: Path):  # safetensors: loadable by peft / transformers without unpickling
+            if hasattr(self.policy, "peft_config"):
+                self.policy.save_pretrained(tmp / "adapter")
+            else:
+                self.policy.save_pretrained(tmp / "model")
+                self.processor.save_pretrained(tmp / "model")
+
+        ckpt.write_checkpoint(self.out, self.step, self.checkpoint_state(), self.cfg.to_json(), save_weights,
+                              hook=self.checkpoint_hook)
 
     def maybe_resume(self):
-        """Continue from <out>/checkpoint if present; drop log records written after it."""
-        state_path = self.out / "checkpoint" / "state.pt"
-        if not state_path.exists():
+        """Continue from the checkpoint found at start (the logs were already cut back to its step)."""
+        state = self.resume_state
+        if state is None:
             return
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        saved = TrainConfig.from_dict(state["config"])
-        if saved.method != self.cfg.method or saved.seed != self.cfg.seed:
-            raise ValueError(f"{state_path}: checkpoint is {saved.method} seed {saved.seed}, "
-                             f"this run is {self.cfg.method} seed {self.cfg.seed}")
+        self.resume_state = {"step": state["step"]}  # free the tensors once applied
+        params = dict(self.policy.named_parameters())
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        if set(state["trainable"]) != trainable or any(
+                state["trainable"][n].shape != params[n].shape for n in trainable):
+            raise ckpt.CheckpointError(f"{self.resume_dir / 'state.pt'}: its trainable tensors do not match this "
+                                       f"model's ({len(state['trainable'])} saved, {len(trainable)} here)")
         with torch.no_grad():
-            params = dict(self.policy.named_parameters())
             for n, t in state["trainable"].items():
                 params[n].copy_(t.to(params[n].device))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -512,13 +539,6 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         random.setstate(state["rng_python"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
-        if self.acc.is_main_process:
-            for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
-                path = self.out / name
-                if path.exists():
-                    keep = [line for line in path.read_text().splitlines()
-                            if line.strip() and json.loads(line)["step"] <= self.step]
-                    path.write_text("".join(line + "\n" for line in keep))
         if self.engine is not None:
             self.engine.sync_weights(self.policy)
 

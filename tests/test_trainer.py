@@ -28,7 +28,8 @@ import rlsd.algorithm
 import rlsd.trainer as T
 from rlsd.__main__ import main as cli_main
 from rlsd.config import make_config
-from rlsd.verifier import VerifyResult
+from trainer_helpers import (assert_same_records, assert_same_state, changed, checkpoint, cli_train,
+                             even_length_rewards, read_jsonl, smoke_config)
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd")
@@ -38,17 +39,9 @@ METRIC_KEYS = {"step", "method", "reward_mean", "accuracy", "entropy", "response
                "grad_norm", "time_rollout_s", "time_teacher_s", "time_update_s", "peak_mem_mb", "skipped",
                "skipped_steps"}
 EVAL_KEYS = {"step", "split", "accuracy", "accuracy_ci95", "leak_rate", "unsupported_answer_rate"}
-UNTIMED = lambda k: not k.startswith("time_") and k != "peak_mem_mb"  # noqa: E731  (keys resume must reproduce)
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-
-
-def even_length_rewards(responses, answers, *args, **kwargs):
-    """Stand-in verifier: reward 1 for responses of even length (deterministic, gives groups reward variance)."""
-    assert len(responses) == len(answers)
-    return [VerifyResult(reward=float(len(r) % 2 == 0), extracted=None, format_ok=False, timed_out=False)
-            for r in responses]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,51 +68,6 @@ def initial_params(tiny_dir):
     # The smoke profile's model spec (e.g. a frozen vision tower), pointed at the test's tiny model.
     model, _ = load_policy(dataclasses.replace(make_config("smoke").model, path=str(tiny_dir)))
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def cli_train(method, out, tiny_dir, *overrides, seed=0):
-    """The real entry point, in process: python -m rlsd train --method M --profile smoke ... key=value..."""
-    cli_main(["train", "--method", method, "--profile", "smoke", "--seed", str(seed), "--out", str(out),
-              f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0", *overrides])
-
-
-def smoke_config(method, out, tiny_dir, *overrides, **fields):
-    return make_config("smoke", [f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0", *overrides],
-                       method=method, out=str(out), **fields)
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def checkpoint(out):
-    return torch.load(Path(out) / "checkpoint" / "state.pt", map_location="cpu", weights_only=False)
-
-
-def changed(before: dict, after: dict) -> list[str]:
-    return [n for n in before if not torch.equal(before[n], after[n])]
-
-
-def assert_same_records(a: list[dict], b: list[dict]):
-    """Same records, all fields except timings/memory equal (floats to 1e-6)."""
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        assert set(ra) == set(rb)
-        for k in filter(UNTIMED, ra):
-            if isinstance(ra[k], float) and isinstance(rb[k], float):
-                assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-6, nan_ok=True), (ra["step"], k)
-            else:
-                assert ra[k] == rb[k], (ra["step"], k)
-
-
-def assert_same_state(a: dict, b: dict):
-    assert a["step"] == b["step"] and a["skipped_steps"] == b["skipped_steps"]
-    assert set(a["trainable"]) == set(b["trainable"])
-    for n in a["trainable"]:
-        torch.testing.assert_close(a["trainable"][n], b["trainable"][n], rtol=0, atol=1e-7, msg=n)
-    if a["teacher"] is not None and a["teacher"]["copies"] is not None:
-        for ca, cb in zip(a["teacher"]["copies"], b["teacher"]["copies"]):
-            torch.testing.assert_close(ca, cb, rtol=0, atol=1e-7)
 
 
 # --------------------------------------------------------------------------- 1. every method, real entry point
@@ -285,10 +233,12 @@ def test_lora_opsd_trains_adapters_only_and_resumes(tiny_dir, tmp_path, even_rew
     assert any(t.abs().sum() > 0 for t in lora_B)  # B starts at 0: non-zero means the adapters were trained
 
 
-def test_resume_refuses_another_method(tiny_dir, tmp_path, even_reward):
-    cli_train("grpo", tmp_path / "run", tiny_dir, "steps=2", "eval_every=0")
-    with pytest.raises(ValueError, match="checkpoint is grpo"):
-        cli_train("rlsd", tmp_path / "run", tiny_dir, "steps=3", "eval_every=0")
+def test_resume_refuses_another_method(tiny_dir, tmp_path, even_reward, capsys):
+    assert cli_train("grpo", tmp_path / "run", tiny_dir, "steps=2", "eval_every=0") == 0
+    capsys.readouterr()
+    assert cli_train("rlsd", tmp_path / "run", tiny_dir, "steps=3", "eval_every=0") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method: 'grpo' -> 'rlsd'" in err[0]
 
 
 # -------------------------------------------------------------------------------------- 4. non-finite steps
@@ -365,8 +315,9 @@ def test_cli_rejects_bad_values_before_training(tiny_dir, tmp_path, capsys):
     for override, field in (("group_size=1", "group_size"), ("opsd_teacher=x", "opsd_teacher"),
                             ("no_such_field=3", "no_such_field")):
         method = "opsd" if field == "opsd_teacher" else "grpo"
-        with pytest.raises(ValueError, match=field):
-            cli_train(method, out, tiny_dir, override)
+        assert cli_train(method, out, tiny_dir, override) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and field in err[0], err  # one line naming the field, no traceback
     assert not out.exists()  # failed at start: no run directory
 
 
@@ -375,8 +326,8 @@ def test_cli_subprocess_exits_nonzero_naming_the_field(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlsd", "train", "--method", "rlsd", "--profile", "smoke",
                            "--out", str(out), "lr=0"], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode != 0
-    assert "TrainConfig.lr" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: TrainConfig.lr must be in (0, 1], got 0.0"]  # no traceback
     assert not out.exists()
 
 
@@ -392,7 +343,8 @@ HOOK = textwrap.dedent('''
         import json
         import torch
         import rlsd.trainer as T
-        from rlsd.verifier import VerifyResult
+        from trainer_helpers import (assert_same_records, assert_same_state, changed, checkpoint, cli_train,
+                             even_length_rewards, read_jsonl, smoke_config)
 
         path = os.path.join(log_dir, "rank%s.jsonl" % os.environ["RANK"])
         def write(**record):
