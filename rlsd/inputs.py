@@ -22,6 +22,8 @@ class PromptBatch:
 
     `pixel_values` concatenates the patches of every image of every row; `patches_per_row` says how many
     belong to each row so that rows can be selected or repeated without re-running the image processor.
+    `source_B` says which encoded prompt each row is a copy of: rows with the same source are the same prompt
+    (same tokens, same images), which lets scoring run a group's shared prompt once (`rlsd.scoring`).
     """
 
     input_ids_BP: torch.Tensor
@@ -31,14 +33,24 @@ class PromptBatch:
     image_grid_thw: torch.Tensor | None
     images_per_row: list[int]
     patches_per_row: list[int]
+    source_B: list[int] | None = None
+    """Per row, the index of the encoded prompt it copies (None: every row is its own prompt)."""
 
     @property
     def batch_size(self) -> int:
         return self.input_ids_BP.shape[0]
 
-    def select(self, rows: list[int] | torch.Tensor) -> PromptBatch:
-        """The batch made of `rows` (repeats allowed: `repeat(G)` is select of each row G times)."""
+    def sources(self) -> list[int]:
+        """`source_B`, or each row its own source when it is unknown."""
+        return list(self.source_B) if self.source_B is not None else list(range(self.batch_size))
+
+    def select(self, rows: list[int] | torch.Tensor, trim: bool = True) -> PromptBatch:
+        """The batch made of `rows` (repeats allowed: `repeat(G)` is select of each row G times).
+
+        `trim=False` keeps every column (the rows then line up with this batch's columns).
+        """
         rows = [int(r) for r in rows]
+        sources = self.sources()
         pixel_values = image_grid_thw = None
         if self.pixel_values is not None:
             patch_start = [0]
@@ -56,8 +68,9 @@ class PromptBatch:
             image_grid_thw=image_grid_thw,
             images_per_row=[self.images_per_row[r] for r in rows],
             patches_per_row=[self.patches_per_row[r] for r in rows],
+            source_B=[sources[r] for r in rows],
         )
-        return batch.trim_left_padding()
+        return batch.trim_left_padding() if trim else batch
 
     def repeat(self, group_size: int) -> PromptBatch:
         """Each row `group_size` times in a row: the layout of a GRPO group."""
@@ -77,7 +90,7 @@ class PromptBatch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return PromptBatch(move(self.input_ids_BP), move(self.attention_mask_BP), move(self.mm_token_type_ids_BP),
                            move(self.pixel_values), move(self.image_grid_thw), list(self.images_per_row),
-                           list(self.patches_per_row))
+                           list(self.patches_per_row), None if self.source_B is None else list(self.source_B))
 
     def model_inputs(self) -> dict:
         """Keyword arguments for `model(...)` / `model.generate(...)` on the prompts alone."""
@@ -144,4 +157,5 @@ def encode_prompts(processor, messages: list[list[dict]], images: list[list] | N
         image_grid_thw=grid,
         images_per_row=images_per_row,
         patches_per_row=patches_per_row,
+        source_B=list(range(len(texts))),
     )
