@@ -3,7 +3,8 @@
     python -m rlsd.gpu_check --arch 2b --out gpu-check
 
 It builds a randomly initialised Qwen3-VL with the shapes of the 2B (or 8B) model -- real layer counts, widths,
-vision tower, deepstack and the padded 151,936-entry vocabulary, with the project's tiny tokenizer -- and drives it
+vision tower, deepstack and the padded 151,936-entry vocabulary, with the real Qwen tokenizer and processor files
+(`tests/fixtures/qwen3vl-2b-instruct`, assembled by `qwen_files_dir`) -- and drives it
 through the GPU profile's settings (`qwen3vl-2b` / `qwen3vl-8b`: NF4 base, LoRA, bf16, gradient checkpointing):
 
 1. `lora_grads`: after a rollout (the no-grad forward that triggers bitsandbytes' weight caches), every LoRA B
@@ -23,6 +24,8 @@ Results go to `<out>/gpu_check.json`, rewritten after every stage, so a run cut 
 from __future__ import annotations
 
 import argparse
+import base64
+import gzip
 import json
 import math
 import platform
@@ -31,6 +34,86 @@ import time
 from pathlib import Path
 
 import torch
+
+QWEN_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "qwen3vl-2b-instruct"
+"""Qwen3-VL-2B-Instruct's small hub files and the Qwen vocabulary (see its NOTICE.md)."""
+QWEN_FILES = ("config.json", "tokenizer_config.json", "chat_template.json", "preprocessor_config.json",
+              "video_preprocessor_config.json", "generation_config.json")
+# Qwen2/Qwen3's pre-tokenizer split (the same pattern as the vocabulary's tiktoken definition).
+QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
+
+def qwen_tokenizer_json(ranks_file: Path, added_tokens: dict) -> str:
+    """A tokenizers `tokenizer.json` for Qwen's byte-level BPE from its tiktoken rank file (base64 token, rank).
+
+    BPE merges are not stored in a rank file; each token of rank r is the merge of the two lower-ranked pieces
+    that byte-pair encoding would join last, which is the split whose parts have the lowest ranks.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    opener = gzip.open if ranks_file.suffix == ".gz" else open
+    ranks: dict[bytes, int] = {}
+    with opener(ranks_file, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            token, _, rank = line.strip().partition(b" ")
+            if not token or not rank.isdigit():
+                raise ValueError(f"{ranks_file}:{line_no}: expected '<base64 token> <rank>'")
+            ranks[base64.b64decode(token)] = int(rank)
+    byte_char = pre_tokenizers.ByteLevel.alphabet()  # noqa: F841 -- the same 256-character alphabet as below
+    table = _bytes_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(table[x] for x in b)
+
+    vocab, merges = {}, []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        vocab[text(token)] = rank
+        if len(token) > 1:
+            splits = [(token[:i], token[i:]) for i in range(1, len(token))
+                      if token[:i] in ranks and token[i:] in ranks]
+            if not splits:
+                raise ValueError(f"{ranks_file}: token of rank {rank} is not a merge of two lower-ranked tokens")
+            left, right = min(splits, key=lambda lr: max(ranks[lr[0]], ranks[lr[1]]))
+            merges.append((text(left), text(right)))
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    core.decoder = decoders.ByteLevel()
+    for idx, entry in sorted(added_tokens.items(), key=lambda kv: int(kv[0])):
+        if int(idx) != core.get_vocab_size(with_added_tokens=True):
+            raise ValueError(f"added token {entry['content']!r}: id {idx} does not follow the vocabulary")
+        core.add_tokens([AddedToken(entry["content"], special=entry["special"], normalized=False)])
+    return core.to_str()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (byte-level BPE's alphabet)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def qwen_files_dir(dst: str | Path, src: Path = QWEN_FIXTURE) -> Path:
+    """A directory laid out as the hub's Qwen3-VL-2B-Instruct, minus the weights: its configuration files and a
+    `tokenizer.json` built from the vocabulary (built once; reused when present)."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in QWEN_FILES:
+        shutil.copyfile(src / name, dst / name)
+    if not (dst / "tokenizer.json").exists():
+        added = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))["added_tokens_decoder"]
+        tmp = dst / "tokenizer.json.tmp"
+        tmp.write_text(qwen_tokenizer_json(src / "qwen.tiktoken.gz", added), encoding="utf-8")
+        tmp.replace(dst / "tokenizer.json")
+    return dst
 
 # Shapes of the released models' configs (language model and vision tower). Word embeddings are untied here
 # (the 2B model ties them): ~0.3B more trainable-free parameters, a slightly larger memory footprint.

@@ -7,6 +7,10 @@ on CPU the same call loads the tiny model saved by `rlsd.tiny.save_tiny`.
 CPU trap fixed here (DESIGN.md §5): bitsandbytes' `Linear4bit` repacks its weight for an avx512-bf16 CPU
 kernel after any no-grad forward (e.g. `generate`); afterwards the LoRA adapters receive ZERO gradients.
 `disable_cpu_bf16_repacking` turns that path off on every `Linear4bit`.
+
+One configuration reaches both engines (HF policy and vLLM rollouts): the 4-bit skip list (`QUANT_SKIP_MODULES`,
+`bnb_quantization_config`), the image pixel range (`ModelSpec.min_pixels`/`max_pixels`, `image_size`) and the dtype
+the GPU can run (`resolve_dtype`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ import torch
 from transformers import Qwen3VLProcessor
 
 log = logging.getLogger(__name__)
+
+# Modules that stay in full precision in the 4-bit base (the vision tower is small and precision-sensitive, the head
+# is tied to the embeddings). Both spellings are needed: transformers matches an entry as an anchored regex prefix of
+# its own module names ("model.visual.blocks.0..."), vLLM's bitsandbytes plugin (vllm_bnb_plugin 0.0.3,
+# quantization/utils.py::is_layer_skipped_bnb) as a dotted component of vLLM's names ("visual.blocks.0...",
+# after Qwen3-VL's hf_to_vllm_mapper "model.visual." -> "visual."). `tests/test_model.py` checks both rules.
+QUANT_SKIP_MODULES = ("model.visual", "visual", "lm_head")
+FORBIDDEN_EXTRA = ("trust_remote_code",)
 
 # The language model's attention and MLP projections. The vision tower names its layers differently
 # (qkv, proj, linear_fc1/2), so the regex keeps LoRA off the vision encoder and the merger.
@@ -43,8 +55,39 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
                          chat_template=chat_template, **kwargs)
 
 
-def load_processor(path: str | Path):
-    """Tokenizer + PIL image processor from a model directory or hub id (image-only; no torchvision)."""
+def processor_chat_template(path: str | Path) -> str | None:
+    """The processor-level chat template of a model directory or hub id (chat_template.jinja, then
+    chat_template.json's "chat_template"), or None. Qwen3-VL ships its template there, not only in the tokenizer."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        try:
+            file = cached_file(str(path), name, _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)
+        except OSError:
+            file = None
+        if not file:
+            continue
+        text = Path(file).read_text(encoding="utf-8")
+        if name.endswith(".jinja"):
+            return text
+        try:
+            template = json.loads(text).get("chat_template")
+        except (json.JSONDecodeError, AttributeError):
+            raise ValueError(f"{file}: not a JSON object with a 'chat_template' string") from None
+        if isinstance(template, str) and template:
+            return template
+    return None
+
+
+def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    """Tokenizer + PIL image processor from a model directory or hub id (image-only; no torchvision).
+
+    `min_pixels`/`max_pixels` override the checkpoint's image pixel range (None keeps it). The chat template is the
+    tokenizer's, else the processor-level one (`processor_chat_template`); a model with neither is refused.
+    """
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -53,8 +96,29 @@ def load_processor(path: str | Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-    return ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                     chat_template=tokenizer.chat_template)
+    size = image_size(image_processor.size, min_pixels, max_pixels, source=str(path))
+    image_processor.size = type(image_processor.size)(**size) if not isinstance(image_processor.size, dict) else size
+    template = tokenizer.chat_template or processor_chat_template(path)
+    if not template:
+        raise ValueError(f"{path}: no chat template (tokenizer_config.json, chat_template.jinja or "
+                         "chat_template.json)")
+    return ImageOnlyQwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+
+
+def image_size(size, min_pixels: int | None = None, max_pixels: int | None = None, source: str = "") -> dict:
+    """The image processor's pixel range as {"shortest_edge": min, "longest_edge": max} with overrides applied.
+
+    (Qwen2-VL's processors name the pixel COUNT bounds shortest_edge/longest_edge.) The same dict goes to vLLM as
+    `mm_processor_kwargs={"size": ...}`, so both engines resize every image to the same grid.
+    """
+    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    lo = int(min_pixels) if min_pixels is not None else get("shortest_edge")
+    hi = int(max_pixels) if max_pixels is not None else get("longest_edge")
+    if lo is None or hi is None:
+        raise ValueError(f"{source}: the image processor has no pixel range (size={size!r})")
+    if not 0 < lo <= hi:
+        raise ValueError(f"ModelSpec.min_pixels/max_pixels: need 0 < min_pixels <= max_pixels, got {lo}, {hi}")
+    return {"shortest_edge": int(lo), "longest_edge": int(hi)}
 
 
 @dataclass
@@ -82,8 +146,48 @@ class ModelSpec:
     """Recompute activations in the backward pass (GPU memory); works with peft via input grads."""
     attn_implementation: str | None = None
     """Passed to from_pretrained (e.g. 'sdpa', 'flash_attention_2'); None = the library default."""
+    min_pixels: int | None = None
+    """Smallest image, in pixels, after resizing (HF processor and vLLM alike); None keeps the checkpoint's value
+    (Qwen3-VL: 65,536; the tiny model: 1,024). The paper's authors used 262,144."""
+    max_pixels: int | None = None
+    """Largest image, in pixels, after resizing (HF processor and vLLM alike); None keeps the checkpoint's value
+    (Qwen3-VL: 16,777,216 = up to 16,384 visual tokens; the tiny model: 16,384). The authors used 1,048,576."""
     extra: dict = field(default_factory=dict)
-    """Extra keyword arguments for from_pretrained."""
+    """Extra keyword arguments for from_pretrained (never trust_remote_code)."""
+
+
+def resolve_dtype(name: str, device=None, capability=None) -> str:
+    """The dtype to load in: `name`, except bfloat16 on a CUDA GPU below compute capability 8.0 (T4, V100), which
+    has no bf16 (vLLM refuses it) -- converted to float16 with a warning. `capability` overrides the query (tests)."""
+    torch_dtype(name)  # validate
+    if name != "bfloat16":
+        return name
+    if capability is None:
+        if device is not None and torch.device(device).type != "cuda":
+            return name
+        if not torch.cuda.is_available():
+            return name
+        capability = torch.cuda.get_device_capability(device)
+    if tuple(capability) < (8, 0):
+        log.warning("model.dtype=bfloat16 is not supported on a GPU of compute capability %d.%d; using float16",
+                    *tuple(capability)[:2])
+        return "float16"
+    return name
+
+
+def bnb_quantization_config(compute_dtype: str) -> dict:
+    """The NF4 settings of the 4-bit base as a plain dict: the HF `BitsAndBytesConfig` and vLLM's
+    `hf_overrides["quantization_config"]` are both built from it, so both engines quantize the same modules."""
+    return dict(quant_method="bitsandbytes", load_in_4bit=True, load_in_8bit=False, bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype,
+                bnb_4bit_quant_storage="uint8", llm_int8_skip_modules=list(QUANT_SKIP_MODULES))
+
+
+def check_extra(extra: dict):
+    """Refuse ModelSpec.extra keys that would run code from a model directory."""
+    for key in FORBIDDEN_EXTRA:
+        if key in (extra or {}):
+            raise ValueError(f"ModelSpec.extra may not set {key!r}: a model directory must not run code on load")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -113,23 +217,25 @@ def load_policy(spec: ModelSpec, device: str | torch.device | None = None):
 
     if spec.load_in_4bit and spec.lora_rank <= 0:
         raise ValueError("ModelSpec.load_in_4bit needs ModelSpec.lora_rank > 0 (4-bit weights cannot be trained)")
-    dtype = torch_dtype(spec.dtype)
+    check_extra(spec.extra)
+    dtype_name = resolve_dtype(spec.dtype, device)
+    dtype = torch_dtype(dtype_name)
     kwargs = dict(spec.extra)
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
+        q = bnb_quantization_config(dtype_name)
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.float32,
-            # The vision tower is small and precision-sensitive; keep it (and the head) in full precision.
-            llm_int8_skip_modules=["model.visual", "lm_head"],
+            load_in_4bit=True, bnb_4bit_quant_type=q["bnb_4bit_quant_type"],
+            bnb_4bit_use_double_quant=q["bnb_4bit_use_double_quant"], bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=q["llm_int8_skip_modules"],
         )
         if device is not None and str(device) != "cpu":
             kwargs["device_map"] = {"": device}
     model = Qwen3VLForConditionalGeneration.from_pretrained(spec.path, dtype=dtype, **kwargs)
-    processor = load_processor(spec.path)
+    processor = load_processor(spec.path, spec.min_pixels, spec.max_pixels)
     if device is not None and not spec.load_in_4bit:
         model.to(device)
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id

@@ -64,6 +64,15 @@ def response_mask(response_ids_BT: torch.Tensor, eos_id: int) -> tuple[torch.Ten
     return mask_BT.long(), truncated_B
 
 
+# `generate` fills every setting left unset from the checkpoint's generation_config.json (Qwen3-VL's hub file sets
+# sampling values; fine-tunes often add repetition_penalty etc.). The rollout distribution must be the policy's own
+# (what the trainer re-scores), so every other logits processor is pinned off here.
+# (Settings whose "off" is None -- bad_words_ids, sequence_bias -- cannot be pinned this way; Qwen's files set none.)
+NEUTRAL_GENERATION = dict(repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+                          min_new_tokens=0, min_length=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
+                          eta_cutoff=0.0, num_beams=1, renormalize_logits=False)
+
+
 @torch.no_grad()
 def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_ids: list[int], eos_id: int,
                 pad_id: int, micro_batch_size: int | None = None) -> Rollout:
@@ -78,6 +87,7 @@ def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         use_cache=True,
+        **NEUTRAL_GENERATION,
     )
     if sampling.temperature > 0:
         gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)

@@ -33,10 +33,24 @@ Design (see `make_vllm_engine` for the switches):
   fanning out into n child requests anyway, and its prefix cache and multi-modal cache share the repeated
   prompt and image, so nothing is lost. No per-request seed (identical prompts with one seed would give
   identical samples); the engine is seeded once (`LLM(seed=cfg.seed)`).
-- Suppression: `SamplingParams.allowed_token_ids` = every id minus the suppressed ids. vLLM's sampler applies
-  this whitelist as a -inf mask before temperature, top-k and top-p (as HF's `suppress_tokens` does), so the
-  suppressed ids have probability exactly 0. `logit_bias` is clamped to [-100, 100] (not exact); `bad_words`
-  takes strings and cannot name ids that have no text (the padded vocabulary rows).
+- Suppression: `SamplingParams.logit_bias` = {suppressed id: -1e9} (~280 ids for Qwen3-VL: 13 specials and the
+  267 padded vocabulary rows). vLLM 0.33's model runner adds the bias to the logits before penalties,
+  temperature, top-k and top-p (`v1/worker/gpu/sample/logit_bias.py`), so in float32 the suppressed ids get
+  probability exactly 0 -- the same -1e9 `rlsd.scoring` masks with. The clamp to [-100, 100] is applied only by
+  `SamplingParams.from_optional` (the OpenAI server), not by the constructor used here. A whitelist
+  (`allowed_token_ids`) is no option: that runner takes at most 1,024 ids (`MAX_NUM_ALLOWED_TOKEN_IDS`) and the
+  whitelist would be the ~151,650 others; it takes at most 1,024 logit-bias entries and 128 stop ids, which
+  `sampling_kwargs` checks. `bad_words` takes strings and cannot name ids that have no text.
+- 4-bit: vLLM >= 0.28 has no built-in bitsandbytes; the `vllm-bnb-plugin` package (pinned in
+  requirements-gpu.txt) registers it. The NF4 settings and skip list reach vLLM as
+  `hf_overrides={"quantization_config": ...}` built from the same dict as the HF policy's
+  (`rlsd.model.bnb_quantization_config`): the plugin then keeps the vision tower and head in the model dtype and
+  quantizes the other linear weights of the bf16 checkpoint as it loads them (its "target module weight that
+  wasn't pre-quantized" branch), as the HF policy does.
+- Images: both engines resize with one pixel range (`ModelSpec.min_pixels`/`max_pixels`, default the checkpoint's):
+  the HF processor's `size` is sent as `mm_processor_kwargs={"size": ...}`, and `make_vllm_engine` checks they agree.
+- Failing soft: any error while importing vLLM or constructing `vllm.LLM` (unknown quantization, dtype the GPU
+  cannot run, out of memory, ...) logs one line with the reason and falls back to HF generate.
 - Stopping: `stop_token_ids=[eos]` (end-of-turn). The response keeps its eos (vLLM returns stop tokens in
   `token_ids`; if a version does not, `outputs_to_rollout` restores it from `stop_reason`); the mask covers tokens up to and including the first eos (`rlsd.rollout.response_mask`), and a
   response is truncated iff it has no eos -- decided from the tokens, not from `finish_reason`.
@@ -96,6 +110,15 @@ DEFAULT_MAX_IMAGES = 4
 MAX_NUM_SEQS_CAP = 256
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """Values vLLM's LoRAConfig accepts for max_lora_rank (it must be >= the adapter's rank)."""
+# Per-request limits of vLLM 0.33's GPU model runner (vllm/v1/worker/gpu/sample/logit_bias.py).
+VLLM_MAX_ALLOWED_TOKEN_IDS = 1024
+VLLM_MAX_LOGIT_BIAS_TOKENS = 1024
+VLLM_MAX_STOP_TOKEN_IDS = 128
+SUPPRESS_BIAS = -1e9
+"""Logit bias of a suppressed id: exp(-1e9) is exactly 0 in float32, as `rlsd.scoring`'s -1e9 mask."""
+BNB_PLUGIN = "vllm-bnb-plugin"
+NO_BNB_MESSAGE = ("model.load_in_4bit needs bitsandbytes in vLLM, which vLLM >= 0.28 ships as the separate "
+                  f"{BNB_PLUGIN} package (pip install -r requirements-gpu.txt); falling back to HF generate.")
 
 
 # --------------------------------------------------------------------------------------------- pure parts
@@ -118,8 +141,15 @@ def vllm_max_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
 
 
-def engine_kwargs(cfg, env=None) -> dict:
-    """Keyword arguments for `vllm.LLM(...)` from a TrainConfig (plain dict; vllm is not imported)."""
+def engine_kwargs(cfg, env=None, image_size: dict | None = None, capability=None) -> dict:
+    """Keyword arguments for `vllm.LLM(...)` from a TrainConfig (plain dict; vllm is not imported).
+
+    `image_size` is the HF processor's pixel range ({"shortest_edge", "longest_edge"}); it is sent as
+    `mm_processor_kwargs` so that vLLM resizes every image as the HF processor does. `capability` overrides the
+    GPU's compute capability (tests).
+    """
+    from rlsd.model import bnb_quantization_config, resolve_dtype
+
     env = os.environ if env is None else env
     util = float(env.get(ENV_GPU_MEMORY_UTILIZATION) or DEFAULT_GPU_MEMORY_UTILIZATION)
     if not 0 < util < 1:
@@ -130,7 +160,7 @@ def engine_kwargs(cfg, env=None) -> dict:
     kwargs = dict(
         model=cfg.model.path,
         tokenizer=cfg.model.path,
-        dtype=cfg.model.dtype,
+        dtype=resolve_dtype(cfg.model.dtype, capability=capability),
         seed=cfg.seed,
         gpu_memory_utilization=util,
         max_model_len=max_model_len,
@@ -143,23 +173,55 @@ def engine_kwargs(cfg, env=None) -> dict:
         enforce_eager=_env_flag(env, ENV_ENFORCE_EAGER, False),
         limit_mm_per_prompt={"image": max_images, "video": 0},
     )
+    if image_size is not None:
+        kwargs["mm_processor_kwargs"] = {"size": dict(image_size)}
     if cfg.model.load_in_4bit:
-        kwargs["quantization"] = "bitsandbytes"  # in-flight NF4 of the same checkpoint, like the HF policy
+        # NF4 of the same checkpoint with the HF policy's settings and skip list (vision tower, head unquantized).
+        kwargs["quantization"] = "bitsandbytes"
+        kwargs["load_format"] = "bitsandbytes"
+        kwargs["hf_overrides"] = {"quantization_config": bnb_quantization_config(kwargs["dtype"])}
     return kwargs
 
 
-def allowed_token_ids(suppress_ids, vocab_size: int) -> list[int]:
-    """Every id of the model's vocabulary except the suppressed ones (vLLM's whitelist)."""
-    banned = set(int(i) for i in suppress_ids)
-    allowed = [i for i in range(vocab_size) if i not in banned]
-    if not allowed:
+def bnb_available() -> bool:
+    """Whether vLLM can load bitsandbytes: the plugin package, or the in-tree module of vLLM < 0.28."""
+    import importlib.util
+
+    for name in ("vllm_bnb_plugin", "vllm.model_executor.layers.quantization.bitsandbytes"):
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
+
+
+def max_image_tokens(image_size: dict, patch: int = 16, merge: int = 2) -> int:
+    """Visual tokens of the largest image the pixel range allows (one token per (patch*merge)^2 pixels)."""
+    return int(image_size["longest_edge"]) // (patch * merge) ** 2
+
+
+def suppression_bias(suppress_ids, vocab_size: int) -> dict[int, float]:
+    """{suppressed id: SUPPRESS_BIAS}: vLLM's logit_bias that gives the suppressed ids probability 0."""
+    banned = sorted(set(int(i) for i in suppress_ids))
+    if len(banned) >= vocab_size:
         raise ValueError("every token id is suppressed")
-    return allowed
+    bad = [i for i in banned if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"suppressed ids {bad[:5]} are outside the vocabulary of {vocab_size}")
+    if len(banned) > VLLM_MAX_LOGIT_BIAS_TOKENS:
+        raise ValueError(f"{len(banned)} suppressed ids exceed vLLM's limit of {VLLM_MAX_LOGIT_BIAS_TOKENS} "
+                         "logit-bias entries per request; use engine=hf")
+    return {i: SUPPRESS_BIAS for i in banned}
 
 
-def sampling_kwargs(sampling: SamplingParams, eos_id: int, allowed_ids: list[int], disabled_top_k: int = 0) -> dict:
-    """Keyword arguments for `vllm.SamplingParams(...)` matching `hf_generate` (plain dict)."""
+def sampling_kwargs(sampling: SamplingParams, eos_id: int, logit_bias: dict[int, float],
+                    disabled_top_k: int = 0) -> dict:
+    """Keyword arguments for `vllm.SamplingParams(...)` matching `hf_generate` (plain dict), within vLLM's
+    per-request limits."""
     sampling.validate()
+    if len(logit_bias) > VLLM_MAX_LOGIT_BIAS_TOKENS:
+        raise ValueError(f"{len(logit_bias)} logit-bias entries > vLLM's limit {VLLM_MAX_LOGIT_BIAS_TOKENS}")
     greedy = sampling.temperature == 0
     return dict(
         n=1,
@@ -174,7 +236,7 @@ def sampling_kwargs(sampling: SamplingParams, eos_id: int, allowed_ids: list[int
         min_tokens=0,
         stop_token_ids=[int(eos_id)],
         ignore_eos=False,
-        allowed_token_ids=allowed_ids,
+        logit_bias=logit_bias,
         detokenize=False,  # the trainer decodes itself; token ids are the output
     )
 
@@ -238,8 +300,8 @@ def outputs_to_rollout(token_ids: list[list[int]], finish_reasons: list[str | No
             raise RuntimeError(f"vLLM row {i}: {len(ids)} tokens > max_new_tokens={max_new_tokens}")
         bad = sorted(set(ids) & banned)
         if bad:
-            raise RuntimeError(f"vLLM row {i} generated suppressed token ids {bad[:10]}: the allowed_token_ids "
-                               "whitelist was not applied")
+            raise RuntimeError(f"vLLM row {i} generated suppressed token ids {bad[:10]}: the suppression "
+                               "logit_bias was not applied")
         if reason not in ("stop", "length"):
             raise RuntimeError(f"vLLM row {i} finished with {reason!r} (expected 'stop' or 'length')")
         if reason == "stop" and eos_id not in ids:
@@ -325,7 +387,7 @@ class VLLMEngine:
         self._make_lora_request = make_lora_request
         self.eos_id, self.pad_id, self.image_pad_id = int(eos_id), int(pad_id), int(image_pad_id)
         self.suppress_ids = sorted(set(int(i) for i in suppress_ids))
-        self.allowed_ids = allowed_token_ids(self.suppress_ids, vocab_size)
+        self.logit_bias = suppression_bias(self.suppress_ids, vocab_size)
         if self.eos_id in set(self.suppress_ids):
             raise ValueError(f"the end-of-turn id {self.eos_id} is suppressed; generation could never stop")
         self.max_model_len = int(max_model_len)
@@ -366,7 +428,7 @@ class VLLMEngine:
     # --- generation
 
     def sampling_params(self, sampling: SamplingParams):
-        kwargs = sampling_kwargs(sampling, self.eos_id, self.allowed_ids, self._disabled_top_k)
+        kwargs = sampling_kwargs(sampling, self.eos_id, self.logit_bias, self._disabled_top_k)
         try:
             return self._make_sampling_params(**kwargs)
         except Exception as e:  # vLLM's validation error class has moved between versions
@@ -409,14 +471,18 @@ class VLLMEngine:
 def make_vllm_engine(cfg, policy, processor, suppress_ids) -> VLLMEngine | None:
     """A colocated vLLM engine for `cfg`, or None (with a logged reason) to fall back to HF generate.
 
-    Raises ValueError for a full-parameter (non-LoRA) policy. Switches: RLSD_VLLM_GPU_MEMORY_UTILIZATION (0.3),
-    RLSD_VLLM_MAX_MODEL_LEN (8192 + the larger response budget), RLSD_VLLM_MAX_IMAGES (4), RLSD_VLLM_SLEEP (1),
-    RLSD_VLLM_ENFORCE_EAGER (0).
+    Raises ValueError for a full-parameter (non-LoRA) policy; any error of vLLM itself falls back with one line.
+    Switches: RLSD_VLLM_GPU_MEMORY_UTILIZATION (0.3), RLSD_VLLM_MAX_MODEL_LEN (8192 + the larger response budget),
+    RLSD_VLLM_MAX_IMAGES (4), RLSD_VLLM_SLEEP (1), RLSD_VLLM_ENFORCE_EAGER (0).
     """
     try:
         import vllm
     except ImportError:
         log.warning(NOT_INSTALLED_MESSAGE)
+        return None
+    except Exception as err:  # noqa: BLE001 -- a broken install (CUDA/torch mismatch) must not stop training
+        log.warning("vLLM could not be imported (%s: %s); falling back to HF generate.", type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "")
         return None
     try:
         from vllm.lora.request import LoRARequest
@@ -431,16 +497,38 @@ def make_vllm_engine(cfg, policy, processor, suppress_ids) -> VLLMEngine | None:
         return None
     if cfg.model.lora_rank <= 0 or not is_lora_policy(policy):
         raise ValueError(FULL_PARAMETER_MESSAGE)
+    if cfg.model.load_in_4bit and not bnb_available():
+        log.warning(NO_BNB_MESSAGE)
+        return None
 
     tok = processor.tokenizer
     image_pad_id = getattr(processor, "image_token_id", None)
     if image_pad_id is None:
         image_pad_id = tok.convert_tokens_to_ids(processor.image_token)
     vocab_size = policy.config.get_text_config().vocab_size
-    kwargs = engine_kwargs(cfg)
+    from rlsd.model import image_size
+
+    hf_size = image_size(processor.image_processor.size, source=cfg.model.path)
+    kwargs = engine_kwargs(cfg, image_size=hf_size)
+    if kwargs["mm_processor_kwargs"]["size"] != hf_size:  # one pixel range for both engines
+        raise RuntimeError(f"vLLM would resize images to {kwargs['mm_processor_kwargs']['size']}, "
+                           f"the HF processor to {hf_size}")
+    merge = getattr(processor.image_processor, "merge_size", 2)
+    patch = getattr(processor.image_processor, "patch_size", 16)
+    if max_image_tokens(hf_size, patch, merge) > PROMPT_TOKEN_BUDGET:
+        log.warning("an image of up to %d pixels is %d visual tokens, more than the prompt budget of %d the vLLM "
+                    "engine is sized for; set model.max_pixels (the authors used 1048576)", hf_size["longest_edge"],
+                    max_image_tokens(hf_size, patch, merge), PROMPT_TOKEN_BUDGET)
     log.info("starting vLLM %s: %s", getattr(vllm, "__version__", "?"),
              {k: v for k, v in kwargs.items() if k not in ("model", "tokenizer")})
-    llm = vllm.LLM(**kwargs)
+    try:
+        llm = vllm.LLM(**kwargs)
+    except Exception as err:  # noqa: BLE001 -- any construction error: fall back, saying why, in one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        log.warning("vLLM could not start (%s: %s); falling back to HF generate.", type(err).__name__, first[:300])
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # whatever the failed engine allocated
+        return None
     engine = VLLMEngine(llm, vllm.SamplingParams, LoRARequest, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                         image_pad_id=image_pad_id, suppress_ids=suppress_ids, vocab_size=vocab_size,
                         max_model_len=kwargs["max_model_len"], max_images=kwargs["limit_mm_per_prompt"]["image"],

@@ -12,6 +12,7 @@ from PIL import Image
 
 from rlsd import vllm_engine as ve
 from rlsd.config import make_config
+from rlsd.model import QUANT_SKIP_MODULES
 from rlsd.inputs import PromptBatch, encode_prompts
 from rlsd.prompts import student_messages
 from rlsd.rollout import SamplingParams
@@ -48,16 +49,37 @@ def completion(ids, reason):
     return SimpleNamespace(outputs=[SimpleNamespace(token_ids=list(ids), finish_reason=reason)])
 
 
-class FakeLLM:
-    """Records calls; `generate` returns the scripted completions."""
+def check_vllm_limits(params, vocab_size, tokenizer_len):
+    """What vLLM 0.33 enforces per request (v1 input processor and v1/worker/gpu/sample/logit_bias.py)."""
+    kw = params.kwargs
+    allowed = kw.get("allowed_token_ids")
+    if allowed:
+        if len(allowed) > ve.VLLM_MAX_ALLOWED_TOKEN_IDS:
+            raise ValueError(f"Too many allowed token IDs: {len(allowed)}. The max size is 1024.")
+        if not all(0 <= t < tokenizer_len for t in allowed):
+            raise ValueError("allowed_token_ids contains out-of-vocab token id!")
+    bias = kw.get("logit_bias")
+    if bias:
+        if len(bias) > ve.VLLM_MAX_LOGIT_BIAS_TOKENS:
+            raise ValueError(f"Too many logit bias tokens: {len(bias)}. The max size is 1024.")
+        if not all(0 <= t < vocab_size for t in bias):
+            raise ValueError("token_id(s) in logit_bias contain out-of-vocab token ids")
+    if len(kw.get("stop_token_ids") or []) > ve.VLLM_MAX_STOP_TOKEN_IDS:
+        raise ValueError("Too many stop tokens")
 
-    def __init__(self, script=None, **kwargs):
+
+class FakeLLM:
+    """Records calls; `generate` enforces vLLM's request limits and returns the scripted completions."""
+
+    def __init__(self, script=None, vocab_size=VOCAB, tokenizer_len=VOCAB - 2, **kwargs):
         self.kwargs = kwargs
         self.script = list(script or [])
         self.calls = []
         self.generated = []
+        self.vocab_size, self.tokenizer_len = vocab_size, tokenizer_len
 
     def generate(self, prompts, params, use_tqdm=True, lora_request=None):
+        check_vllm_limits(params, self.vocab_size, self.tokenizer_len)
         self.calls.append("generate")
         self.generated.append(dict(prompts=prompts, params=params, lora_request=lora_request))
         return [completion(*self.script[i % len(self.script)]) for i in range(len(prompts))]
@@ -123,11 +145,11 @@ def tiny_processor():
 
 
 def test_sampling_kwargs_follow_hf_generate_settings():
-    allowed = [1, 2, 3, EOS]
+    allowed = {0: ve.SUPPRESS_BIAS, 5: ve.SUPPRESS_BIAS}
     kw = ve.sampling_kwargs(SamplingParams(max_new_tokens=48, temperature=0.7, top_p=0.8, top_k=20), EOS, allowed)
     assert kw["temperature"] == 0.7 and kw["top_p"] == 0.8 and kw["top_k"] == 20
     assert kw["max_tokens"] == 48 and kw["n"] == 1 and kw["stop_token_ids"] == [EOS] and not kw["ignore_eos"]
-    assert kw["allowed_token_ids"] is allowed and kw["detokenize"] is False
+    assert kw["logit_bias"] is allowed and "allowed_token_ids" not in kw and kw["detokenize"] is False
     assert kw["repetition_penalty"] == 1.0 and kw["min_p"] == 0.0 and "seed" not in kw
     # top_k = 0 (disabled in HF) -> vLLM's disabled value (0 now, -1 before 0.9).
     assert ve.sampling_kwargs(SamplingParams(top_k=0), EOS, allowed)["top_k"] == 0
@@ -139,25 +161,45 @@ def test_sampling_kwargs_follow_hf_generate_settings():
         ve.sampling_kwargs(SamplingParams(top_p=0.0), EOS, allowed)
 
 
-def test_allowed_ids_are_the_vocabulary_minus_the_suppressed_ids(tiny_processor):
+def test_suppression_bias_covers_exactly_the_suppressed_ids(tiny_processor):
     tok = tiny_processor.tokenizer
     V = len(tok) + 12  # padded vocabulary rows, as in the real models
     suppress = suppressed_token_ids(tok, V)
-    allowed = ve.allowed_token_ids(suppress, V)
-    assert set(allowed).isdisjoint(suppress)
-    assert sorted(set(allowed) | set(suppress)) == list(range(V))
-    assert tok.eos_token_id in allowed
-    assert tok.convert_tokens_to_ids("<|image_pad|>") not in allowed
-    assert max(allowed) < len(tok)  # vLLM rejects whitelist ids >= len(tokenizer)
+    bias = ve.suppression_bias(suppress, V)
+    assert sorted(bias) == sorted(suppress) and set(bias.values()) == {ve.SUPPRESS_BIAS}
+    assert tok.eos_token_id not in bias and tok.convert_tokens_to_ids("<|image_pad|>") in bias
+    assert set(range(len(tok), V)) <= set(bias)  # padded rows: vLLM samples over all V logits
+    # exp(bias) underflows to exactly 0 in float32 after any real logit: probability 0, not merely small.
+    logits = torch.tensor([30.0, -30.0 + ve.SUPPRESS_BIAS, 0.0])
+    assert torch.softmax(logits, -1)[1].item() == 0.0
     with pytest.raises(ValueError):
-        ve.allowed_token_ids(range(4), 4)
+        ve.suppression_bias(range(4), 4)
+    with pytest.raises(ValueError, match="1024"):
+        ve.suppression_bias(range(2000), 4000)
+    with pytest.raises(ValueError, match="outside"):
+        ve.suppression_bias([5], 4)
+
+
+def test_fake_llm_enforces_vllm_request_limits():
+    """Guards the guard: the old whitelist of a real-size vocabulary is refused as vLLM 0.33 refuses it."""
+    llm = FakeLLM([([EOS], "stop")], vocab_size=151936, tokenizer_len=151669)
+    whitelist = FakeSamplingParams(allowed_token_ids=list(range(151389)), stop_token_ids=[EOS])
+    with pytest.raises(ValueError, match="Too many allowed token IDs"):
+        llm.generate([{"prompt_token_ids": [1]}], whitelist)
+    with pytest.raises(ValueError, match="out-of-vocab"):
+        llm.generate([{"prompt_token_ids": [1]}], FakeSamplingParams(logit_bias={151936: -1.0}))
+    assert llm.generate([{"prompt_token_ids": [1]}], FakeSamplingParams(logit_bias={151935: -1.0}))
 
 
 def test_engine_kwargs_from_config(monkeypatch):
     cfg = make_config("smoke", ["model.lora_rank=12", "model.load_in_4bit=true", "model.dtype=bfloat16"])
     kw = ve.engine_kwargs(cfg, env={})
     assert kw["model"] == cfg.model.path and kw["tokenizer"] == cfg.model.path and kw["dtype"] == "bfloat16"
-    assert kw["quantization"] == "bitsandbytes"
+    assert kw["quantization"] == "bitsandbytes" and kw["load_format"] == "bitsandbytes"
+    q = kw["hf_overrides"]["quantization_config"]
+    assert q["quant_method"] == "bitsandbytes" and q["bnb_4bit_quant_type"] == "nf4" and q["load_in_4bit"]
+    assert q["bnb_4bit_use_double_quant"] and q["bnb_4bit_compute_dtype"] == "bfloat16"
+    assert "visual" in q["llm_int8_skip_modules"] and "lm_head" in q["llm_int8_skip_modules"]
     assert kw["enable_lora"] and kw["max_lora_rank"] == 16 and kw["max_loras"] == 1
     assert kw["gpu_memory_utilization"] == ve.DEFAULT_GPU_MEMORY_UTILIZATION == 0.3
     assert kw["enable_sleep_mode"] and not kw["enforce_eager"]
@@ -167,7 +209,7 @@ def test_engine_kwargs_from_config(monkeypatch):
     env = {ve.ENV_GPU_MEMORY_UTILIZATION: "0.45", ve.ENV_MAX_MODEL_LEN: "3000", ve.ENV_SLEEP: "0",
            ve.ENV_ENFORCE_EAGER: "1", ve.ENV_MAX_IMAGES: "2"}
     kw = ve.engine_kwargs(make_config("smoke", ["model.lora_rank=8"]), env=env)
-    assert "quantization" not in kw and kw["max_lora_rank"] == 8
+    assert "quantization" not in kw and "hf_overrides" not in kw and kw["max_lora_rank"] == 8
     assert (kw["gpu_memory_utilization"], kw["max_model_len"], kw["enable_sleep_mode"], kw["enforce_eager"],
             kw["limit_mm_per_prompt"]["image"]) == (0.45, 3000, False, True, 2)
     with pytest.raises(ValueError, match=ve.ENV_GPU_MEMORY_UTILIZATION):
@@ -321,7 +363,7 @@ def test_engine_generates_with_the_latest_adapter_and_sleeps_between_rollouts():
     assert call["prompts"] == [{"prompt_token_ids": [1, IMG, 2], "multi_modal_data": {"image": [img]}},
                                {"prompt_token_ids": [3, 4]}]
     assert call["lora_request"].lora_int_id == 1 and Path(call["lora_request"].lora_path).exists()
-    assert call["params"].kwargs["allowed_token_ids"] == [1, 2, 3, 4, EOS]
+    assert call["params"].kwargs["logit_bias"] == {i: ve.SUPPRESS_BIAS for i in SUPPRESS}
     assert llm.calls == ["reset_prefix_cache", "sleep1", "wake_up", "generate", "reset_prefix_cache", "sleep1"]
     assert r.response_ids_BT.tolist() == [[1, 2, EOS, PAD], [3, 4, 1, 2]]
     assert r.truncated_B.tolist() == [False, True]
@@ -353,11 +395,19 @@ def test_engine_refuses_prompts_longer_than_max_model_len():
 # ---------------------------------------------------------------------------------------------- factory
 
 
-def fake_vllm_module(monkeypatch, created):
+def fake_vllm_module(monkeypatch, created, bnb_plugin=True, fail=None):
+    """A stand-in `vllm` package. Without `bnb_plugin`, `quantization="bitsandbytes"` fails as in vLLM 0.33 core;
+    `fail` makes the constructor raise that exception."""
     class LLM(FakeLLM):
         def __init__(self, **kwargs):
+            if fail is not None:
+                raise fail
+            if kwargs.get("quantization") == "bitsandbytes" and not bnb_plugin:
+                raise ValueError("Unknown quantization method: bitsandbytes. Must be one of ['awq', 'fp8', ...].")
             super().__init__(**kwargs)
             created.append(self)
+
+    monkeypatch.setattr(ve, "bnb_available", lambda: bnb_plugin)
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams, vllm.__version__ = LLM, FakeSamplingParams, "0.33.0-fake"
@@ -368,9 +418,73 @@ def fake_vllm_module(monkeypatch, created):
         monkeypatch.setitem(sys.modules, name, module)
 
 
-def fake_processor():
+def fake_processor(size=None):
     tok = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD, convert_tokens_to_ids=lambda t: IMG)
-    return SimpleNamespace(tokenizer=tok, image_token="<|image_pad|>")
+    image_processor = SimpleNamespace(size=size or {"shortest_edge": 1024, "longest_edge": 16384}, merge_size=1,
+                                      patch_size=16)
+    return SimpleNamespace(tokenizer=tok, image_token="<|image_pad|>", image_processor=image_processor)
+
+
+def _gpu_env(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for name in (ve.ENV_GPU_MEMORY_UTILIZATION, ve.ENV_MAX_MODEL_LEN, ve.ENV_SLEEP, ve.ENV_ENFORCE_EAGER,
+                 ve.ENV_MAX_IMAGES):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("error", [ValueError("Unknown quantization method: bitsandbytes."),
+                                   RuntimeError("CUDA out of memory\nsecond line"),
+                                   ValueError("Bfloat16 is only supported on GPUs with compute capability >= 8.0")])
+def test_any_vllm_construction_error_falls_back_with_one_line(monkeypatch, caplog, error):
+    created = []
+    fake_vllm_module(monkeypatch, created, fail=error)
+    _gpu_env(monkeypatch)
+    cfg = make_config("smoke", ["engine=vllm", "model.lora_rank=8"])
+    with caplog.at_level("WARNING", logger="rlsd.vllm_engine"):
+        assert ve.make_vllm_engine(cfg, FakeLoraPolicy(), fake_processor(), SUPPRESS) is None
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and "falling back to HF generate" in lines[0] and "\n" not in lines[0]
+    assert type(error).__name__ in lines[0] and str(error).splitlines()[0] in lines[0]
+
+
+def test_4bit_without_the_bnb_plugin_falls_back_naming_the_plugin(monkeypatch, caplog):
+    created = []
+    fake_vllm_module(monkeypatch, created, bnb_plugin=False)
+    _gpu_env(monkeypatch)
+    cfg = make_config("smoke", ["engine=vllm", "model.lora_rank=8", "model.load_in_4bit=true"])
+    with caplog.at_level("WARNING", logger="rlsd.vllm_engine"):
+        assert ve.make_vllm_engine(cfg, FakeLoraPolicy(), fake_processor(), SUPPRESS) is None
+    assert ve.BNB_PLUGIN in caplog.text and "falling back" in caplog.text and created == []
+
+
+def test_vllm_gets_the_hf_processors_pixel_range(monkeypatch, tiny_dir):
+    """One pixel range for both engines, from ModelSpec.min_pixels / max_pixels (None: the checkpoint's)."""
+    from rlsd.model import load_processor
+
+    created = []
+    fake_vllm_module(monkeypatch, created)
+    _gpu_env(monkeypatch)
+    for overrides, expected in (([], {"shortest_edge": 1024, "longest_edge": 16384}),
+                                (["model.min_pixels=2048", "model.max_pixels=8192"],
+                                 {"shortest_edge": 2048, "longest_edge": 8192})):
+        cfg = make_config("smoke", ["engine=vllm", "model.lora_rank=8", f"model.path={tiny_dir}", *overrides])
+        processor = load_processor(cfg.model.path, cfg.model.min_pixels, cfg.model.max_pixels)
+        size = processor.image_processor.size
+        assert (size.shortest_edge, size.longest_edge) == (expected["shortest_edge"], expected["longest_edge"])
+        engine = ve.make_vllm_engine(cfg, FakeLoraPolicy(), processor, SUPPRESS)
+        assert created[-1].kwargs["mm_processor_kwargs"] == {"size": expected}
+        engine.close()
+
+
+def test_bf16_on_an_old_gpu_goes_to_vllm_as_float16(caplog):
+    cfg = make_config("smoke", ["model.lora_rank=8", "model.dtype=bfloat16"])
+    with caplog.at_level("WARNING", logger="rlsd.model"):
+        assert ve.engine_kwargs(cfg, env={}, capability=(7, 5))["dtype"] == "float16"
+    assert "compute capability 7.5" in caplog.text
+    assert ve.engine_kwargs(cfg, env={}, capability=(8, 0))["dtype"] == "bfloat16"
 
 
 def test_make_vllm_engine_without_vllm_falls_back_with_a_message(monkeypatch, caplog):
@@ -406,12 +520,7 @@ def test_make_vllm_engine_refuses_a_full_parameter_policy(monkeypatch):
 def test_make_vllm_engine_starts_a_sleeping_engine_with_the_adapter(monkeypatch, capsys):
     created = []
     fake_vllm_module(monkeypatch, created)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    for name in (ve.ENV_GPU_MEMORY_UTILIZATION, ve.ENV_MAX_MODEL_LEN, ve.ENV_SLEEP, ve.ENV_ENFORCE_EAGER,
-                 ve.ENV_MAX_IMAGES):
-        monkeypatch.delenv(name, raising=False)
+    _gpu_env(monkeypatch)
     cfg = make_config("smoke", ["engine=vllm", "model.lora_rank=8", "model.load_in_4bit=true"])
     engine = ve.make_vllm_engine(cfg, FakeLoraPolicy(), fake_processor(), SUPPRESS)
     assert isinstance(engine, ve.VLLMEngine) and len(created) == 1
@@ -419,6 +528,7 @@ def test_make_vllm_engine_starts_a_sleeping_engine_with_the_adapter(monkeypatch,
     assert llm.kwargs["quantization"] == "bitsandbytes" and llm.kwargs["enable_lora"]
     assert llm.kwargs["gpu_memory_utilization"] == 0.3 and llm.kwargs["enable_sleep_mode"]
     assert engine.lora_request.lora_int_id == 1 and engine.asleep and llm.calls[-1] == "sleep1"
-    assert engine.image_pad_id == IMG and engine.allowed_ids == [1, 2, 3, 4, EOS]
+    assert engine.image_pad_id == IMG and engine.logit_bias == {i: ve.SUPPRESS_BIAS for i in SUPPRESS}
+    assert llm.kwargs["hf_overrides"]["quantization_config"]["llm_int8_skip_modules"] == list(QUANT_SKIP_MODULES)
     assert "vLLM engine ready" in capsys.readouterr().err
     engine.close()
