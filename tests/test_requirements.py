@@ -1,4 +1,4 @@
-"""The two requirement files stay consistent: same pins except torch and vLLM (DESIGN.md §5)."""
+"""The two requirement files stay consistent: same pins except torch, vLLM and its bitsandbytes plugin."""
 
 from pathlib import Path
 
@@ -16,10 +16,21 @@ def _pins(name):
     return pins
 
 
+GPU_ONLY = ("torch", "vllm", "vllm-bnb-plugin")
+
+
 def test_gpu_requirements_differ_only_in_torch_and_vllm():
     cpu, gpu = _pins("requirements.txt"), _pins("requirements-gpu.txt")
     assert "vllm" not in cpu  # vLLM pins its own torch; never in the base (CI) environment
     assert cpu["torch"] == "2.13.0" and gpu["torch"] == "2.14.0"
-    assert {k: v for k, v in gpu.items() if k not in ("torch", "vllm")} == {k: v for k, v in cpu.items() if k != "torch"}
+    assert {k: v for k, v in gpu.items() if k not in GPU_ONLY} == {k: v for k, v in cpu.items() if k != "torch"}
+
+
+def test_gpu_requirements_pin_what_4bit_vllm_rollouts_need():
+    # vLLM >= 0.28 moved bitsandbytes out of tree: without the plugin, quantization="bitsandbytes" is unknown.
+    gpu = _pins("requirements-gpu.txt")
+    assert gpu["vllm"] == "0.33.0" and gpu["vllm-bnb-plugin"] == "0.0.3"
+    major, minor, _ = (int(x) for x in gpu["bitsandbytes"].split("."))
+    assert (major, minor) >= (0, 48), "vllm-bnb-plugin 0.0.3 needs bitsandbytes>=0.48.1"
     major, minor, _ = (int(x) for x in gpu["transformers"].split("."))
     assert (5, 16) <= (major, minor) < (5, 21), "vLLM 0.33 needs transformers>=5.16.1,<5.21"
