@@ -59,7 +59,6 @@ def qwen_tokenizer_json(ranks_file: Path, added_tokens: dict) -> str:
             if not token or not rank.isdigit():
                 raise ValueError(f"{ranks_file}:{line_no}: expected '<base64 token> <rank>'")
             ranks[base64.b64decode(token)] = int(rank)
-    byte_char = pre_tokenizers.ByteLevel.alphabet()  # noqa: F841 -- the same 256-character alphabet as below
     table = _bytes_to_unicode()
 
     def text(b: bytes) -> str:
@@ -147,14 +146,33 @@ def environment() -> dict:
     return env
 
 
+def arch_processor(arch: str, work: Path):
+    """The processor a random model of `arch` is saved with: the real Qwen3-VL tokenizer, chat template and image
+    processor for the released shapes, None (the tiny model's own) for `tiny`."""
+    if arch == "tiny":
+        return None
+    from rlsd.model import load_processor
+
+    return load_processor(qwen_files_dir(Path(work) / "qwen3vl-files"))
+
+
 def build_model(arch: str, path: Path) -> dict:
-    """Save a random model of `arch`'s shape (bf16, built on the GPU when there is one) with the tiny tokenizer."""
+    """Save a random model of `arch`'s shape (bf16, built on the GPU when there is one): the tiny model with its
+    tokenizer, the released shapes with Qwen's tokenizer and processor files."""
     from safetensors import safe_open
 
-    from rlsd.tiny import save_tiny
+    from rlsd.tiny import build_tiny_model, save_tiny
 
     cuda = torch.cuda.is_available()
-    save_tiny(path, seed=0, device="cuda" if cuda else None, dtype=torch.bfloat16 if cuda else None, **ARCHS[arch])
+    device, dtype = ("cuda" if cuda else None), (torch.bfloat16 if cuda else None)
+    processor = arch_processor(arch, Path(path).parent)
+    if processor is None:
+        save_tiny(path, seed=0, device=device, dtype=dtype, **ARCHS[arch])
+    else:
+        model = build_tiny_model(processor.tokenizer, seed=0, device=device, dtype=dtype, **ARCHS[arch])
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+        del model
     if cuda:
         torch.cuda.empty_cache()
     n_params = 0
