@@ -87,7 +87,7 @@ def complete_checkpoints(out: Path) -> list[Path]:
 def write_checkpoint(out: Path, step: int, state: dict, config_json: str, save_weights, hook=None):
     """Write `state` (tensors/containers only) and the weights (`save_weights(dir)`) as out/checkpoint, atomically.
 
-    `hook(point)` is called between the stages ('written', 'moved_old', 'moved_new') -- the fault-injection tests
+    `hook(point)` is called between the stages ('files', 'written', 'moved_old', 'moved_new') -- the fault-injection tests
     kill the write there. Expects a settled directory (`settle`): checkpoint/ is the only complete one."""
     hook = hook or (lambda point: None)
     final, tmp, old = (out / n for n in NAMES)
@@ -97,6 +97,7 @@ def write_checkpoint(out: Path, step: int, state: dict, config_json: str, save_w
     (tmp / "config.json").write_text(config_json, encoding="utf-8")
     save_weights(tmp)
     _fsync_tree(tmp)
+    hook("files")
     (tmp / MARKER).write_text(json.dumps({"step": step}))
     _fsync_tree(tmp)
     hook("written")
@@ -136,7 +137,9 @@ def settle(out: Path, keep: Path | None):
     final = out / "checkpoint"
     if keep is not None and keep != final:
         if final.exists():
-            spare = out / ("checkpoint.corrupt" if complete_step(final) is not None else "checkpoint.stale")
+            final_step, keep_step = complete_step(final), complete_step(keep)
+            newer = final_step is not None and keep_step is not None and final_step > keep_step
+            spare = out / ("checkpoint.corrupt" if newer else "checkpoint.stale")  # newer but passed over: unusable
             shutil.rmtree(spare, ignore_errors=True)
             os.replace(final, spare)
         os.replace(keep, final)

@@ -254,12 +254,17 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- update
 
     def teacher_scores(self, batch: StepBatch, rows: list[int]):
-        """No-grad teacher forward on a micro-batch: (logp_BT, logits_BTV or None)."""
+        """No-grad teacher forward on a micro-batch: (logp_BT, scores or None).
+
+        For the distillation methods the scores keep the teacher's hidden states and vocabulary head (its weights
+        as they are now), from which `chunked_divergence` projects logits chunk by chunk.
+        """
         ids_BT, mask_BT = batch.rollout.response_ids_BT[rows], batch.rollout.response_mask_BT[rows]
+        keep = self.cfg.method in NEEDS_LOGITS
         with self.teacher_context() as model:
             s = score_responses(model, batch.teacher.select(rows), ids_BT, mask_BT, self.suppress_V,
-                                with_entropy=False, keep_logits=self.cfg.method in NEEDS_LOGITS)
-        return s.logp_BT.detach(), None if s.logits_BTV is None else s.logits_BTV.detach()
+                                with_entropy=False, keep_hidden=keep)
+        return s.logp_BT.detach(), s if keep else None
 
     def teacher_context(self):
         if self.teacher is None:
@@ -300,16 +305,16 @@ class Trainer:
         for rows in row_chunks(N, cfg.micro_batch_size):
             ids_BT, mask_BT = batch.rollout.response_ids_BT[rows], mask_NT[rows]
             adv_B = batch.adv_N[rows].to(self.acc.device)
-            teacher_logp_BT = teacher_logits_BTV = None
+            teacher_logp_BT = teacher_s = None
             if teacher_logp_NT is not None:
                 teacher_logp_BT = teacher_logp_NT[rows]
-            elif batch.teacher is not None:  # full-vocabulary logits: per micro-batch, or they would not fit
+            elif batch.teacher is not None:  # hidden states for the divergence: per micro-batch
                 t0 = clock()
-                teacher_logp_BT, teacher_logits_BTV = self.teacher_scores(batch, rows)
+                teacher_logp_BT, teacher_s = self.teacher_scores(batch, rows)
                 stats["teacher_s"] += clock() - t0  # exactly 0 for GRPO (no teacher)
             t1 = clock()
             s = score_responses(self.model, batch.student.select(rows), ids_BT, mask_BT, self.suppress_V,
-                                with_entropy=True, keep_logits=cfg.method in NEEDS_LOGITS)
+                                with_entropy=True, keep_hidden=cfg.method in NEEDS_LOGITS)
             logp_BT = s.logp_BT
             mask_f = mask_BT.to(logp_BT.device).float()
             n_tok = mask_f.sum()
@@ -331,13 +336,13 @@ class Trainer:
                 loss_terms.append(pg * n_tok)
                 stats["pg_loss"] += float(pg.detach()) * float(n_tok)
             if cfg.method in ("opsd", "grpo_opsd"):
-                jsd, _ = alg.generalized_jsd(s.logits_BTV, teacher_logits_BTV, mask_BT, cfg.opsd_beta)
+                jsd, _ = chunked_divergence(partial(alg.generalized_jsd, beta=cfg.opsd_beta), s, teacher_s, mask_BT)
                 mu = cfg.grpo_opsd_mu if cfg.method == "grpo_opsd" else 1.0
                 loss_terms.append(mu * jsd * n_tok)
                 stats["distill_loss"] += float(jsd.detach()) * float(n_tok)
             if cfg.method == "sdpo":
-                div, _ = alg.topk_tail_divergence(s.logits_BTV, teacher_logits_BTV, mask_BT, cfg.sdpo_top_k,
-                                                  cfg.sdpo_alpha)
+                div, _ = chunked_divergence(partial(alg.topk_tail_divergence, top_k=cfg.sdpo_top_k,
+                                                    alpha=cfg.sdpo_alpha), s, teacher_s, mask_BT)
                 loss_terms.append(div * n_tok)
                 stats["distill_loss"] += float(div.detach()) * float(n_tok)
             loss_sum = sum(loss_terms)
@@ -380,30 +385,30 @@ class Trainer:
         self._open_logs()
         self.maybe_resume()
         records = []
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} s{cfg.seed}", disable=not self.progress)
-        while self.step < cfg.steps:
-            torch.manual_seed(step_seed(cfg.seed, self.step, self.acc.process_index))
-            t0 = clock()
-            batch = self.rollout()
-            t1 = clock()
-            stats = self.update(batch)
-            t2 = clock()
-            self.step += 1
-            if self.teacher is not None and stats["finite"]:
-                self.teacher.after_optimizer_step(self.step)
-            if self.engine is not None:
-                self.engine.sync_weights(self.policy)
-            record = self.step_record(batch, stats, t1 - t0, t2 - t1)
-            records.append(record)
-            self.log(record)
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward_mean']:.2f}", ent=f"{record['entropy']:.2f}",
-                            lam=f"{record['lambda']:.2f}")
-            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                records.append(self.run_eval())
-            if cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
-                self.save_checkpoint()
-        bar.close()
+        with tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.method} s{cfg.seed}",
+                  disable=not self.progress) as bar:  # closed on any exit, so an error prints on its own line
+            while self.step < cfg.steps:
+                torch.manual_seed(step_seed(cfg.seed, self.step, self.acc.process_index))
+                t0 = clock()
+                batch = self.rollout()
+                t1 = clock()
+                stats = self.update(batch)
+                t2 = clock()
+                self.step += 1
+                if self.teacher is not None and stats["finite"]:
+                    self.teacher.after_optimizer_step(self.step)
+                if self.engine is not None:
+                    self.engine.sync_weights(self.policy)
+                record = self.step_record(batch, stats, t1 - t0, t2 - t1)
+                records.append(record)
+                self.log(record)
+                bar.update(1)
+                bar.set_postfix(reward=f"{record['reward_mean']:.2f}", ent=f"{record['entropy']:.2f}",
+                                lam=f"{record['lambda']:.2f}")
+                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                    records.append(self.run_eval())
+                if cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
+                    self.save_checkpoint()
         if self.writer is not None:
             self.writer.flush()
         return records
