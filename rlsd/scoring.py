@@ -319,6 +319,11 @@ class TokenScores:
         """The full float32 logits_BTV (B×T×V: for small vocabularies and tests only)."""
         return self.head.logits(self.hidden_BTH)
 
+    def divergence(self, teacher: TokenScores, mask_BT: torch.Tensor, divergence,
+                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`chunked_divergence(divergence, self, teacher, mask_BT)`: these scores are the student's."""
+        return chunked_divergence(divergence, self, teacher, mask_BT, chunk_size)
+
 
 def score_responses(model, prompts: PromptBatch, response_ids_BT: torch.Tensor, response_mask_BT: torch.Tensor,
                     suppress_V: torch.Tensor | None = None, temperature: float = 1.0, with_entropy: bool = True,

@@ -336,13 +336,14 @@ class Trainer:
                 loss_terms.append(pg * n_tok)
                 stats["pg_loss"] += float(pg.detach()) * float(n_tok)
             if cfg.method in ("opsd", "grpo_opsd"):
-                jsd, _ = chunked_divergence(partial(alg.generalized_jsd, beta=cfg.opsd_beta), s, teacher_s, mask_BT)
+                jsd, _ = s.divergence(teacher_s, mask_BT, lambda s_, t_, m_: alg.generalized_jsd(
+                    s_, t_, m_, cfg.opsd_beta))
                 mu = cfg.grpo_opsd_mu if cfg.method == "grpo_opsd" else 1.0
                 loss_terms.append(mu * jsd * n_tok)
                 stats["distill_loss"] += float(jsd.detach()) * float(n_tok)
             if cfg.method == "sdpo":
-                div, _ = chunked_divergence(partial(alg.topk_tail_divergence, top_k=cfg.sdpo_top_k,
-                                                    alpha=cfg.sdpo_alpha), s, teacher_s, mask_BT)
+                div, _ = s.divergence(teacher_s, mask_BT, lambda s_, t_, m_: alg.topk_tail_divergence(
+                    s_, t_, m_, cfg.sdpo_top_k, cfg.sdpo_alpha))
                 loss_terms.append(div * n_tok)
                 stats["distill_loss"] += float(div.detach()) * float(n_tok)
             loss_sum = sum(loss_terms)
