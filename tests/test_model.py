@@ -311,3 +311,112 @@ def test_lora_projections_are_configurable(tiny_dir):
     assert adapted == {"q_proj", "v_proj"}
     with pytest.raises(ValueError, match="lora_projections"):
         load_policy(ModelSpec(path=str(tiny_dir), lora_rank=4, lora_projections=" , "))
+
+
+# ------------------------------------------------------------------- one configuration for HF and vLLM
+
+
+def _is_layer_skipped_by_vllm_bnb(prefix: str, skip: list[str]) -> bool:
+    """vllm_bnb_plugin 0.0.3 (quantization/utils.py::is_layer_skipped_bnb): a skip entry matches a dotted
+    component of vLLM's module name, or one of its dotted prefixes."""
+    parts = prefix.split(".")
+    return any(s in parts for s in skip) or bool(set(skip) & {".".join(parts[:i + 1]) for i in range(len(parts))})
+
+
+def _vllm_name(hf_name: str) -> str:
+    """Qwen3-VL's hf_to_vllm_mapper in vLLM (model.visual. -> visual., model.language_model. -> language_model.model.)."""
+    for old, new in (("model.visual.", "visual."), ("model.language_model.", "language_model.model."),
+                     ("lm_head", "language_model.lm_head")):
+        if hf_name.startswith(old):
+            return new + hf_name[len(old):]
+    return hf_name
+
+
+def test_both_engines_quantize_the_same_modules(tiny_dir):
+    """The skip list that reaches vLLM keeps the vision tower (and head) unquantized, as in the HF policy."""
+    from bitsandbytes.nn import Linear4bit
+
+    from rlsd import vllm_engine as ve
+    from rlsd.config import make_config
+
+    model, _ = load_policy(ModelSpec(path=str(tiny_dir), lora_rank=4, load_in_4bit=True))
+    base = model.get_base_model()
+    # The base layers under peft's LoRA wrappers, by their checkpoint names.
+    linears = {n.replace(".base_layer", ""): m for n, m in base.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".lora_" not in n}
+    hf_quantized = {n for n, m in linears.items() if isinstance(m, Linear4bit)}
+    cfg = make_config("smoke", ["model.lora_rank=4", "model.load_in_4bit=true", f"model.path={tiny_dir}"])
+    skip = ve.engine_kwargs(cfg, env={})["hf_overrides"]["quantization_config"]["llm_int8_skip_modules"]
+    # vLLM's head is a ParallelLMHead, never a bitsandbytes linear; every other linear follows the skip list.
+    vllm_quantized = {n for n in linears if not n.startswith("lm_head")
+                      and not _is_layer_skipped_by_vllm_bnb(_vllm_name(n), skip)}
+    assert any(n.startswith("model.visual.") for n in linears)  # the vision tower has linears to get wrong
+    assert hf_quantized == vllm_quantized
+    assert hf_quantized and all(n.startswith("model.language_model.") for n in hf_quantized)
+
+
+def test_model_extra_cannot_enable_trust_remote_code(tiny_dir):
+    with pytest.raises(ValueError, match="ModelSpec.extra.*trust_remote_code"):
+        load_policy(ModelSpec(path=str(tiny_dir), extra={"trust_remote_code": True}))
+
+
+def test_bf16_is_converted_on_gpus_without_it(caplog):
+    from rlsd.model import resolve_dtype
+
+    with caplog.at_level("WARNING", logger="rlsd.model"):
+        assert resolve_dtype("bfloat16", capability=(7, 5)) == "float16"
+    assert "compute capability 7.5" in caplog.text
+    assert resolve_dtype("bfloat16", capability=(8, 0)) == "bfloat16"
+    assert resolve_dtype("float32", capability=(7, 0)) == "float32"
+    assert resolve_dtype("bfloat16", device="cpu") == "bfloat16"
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("int8")
+
+
+def test_hf_generate_ignores_the_checkpoints_sampling_settings(images):
+    """A hub generation_config (repetition_penalty, no_repeat_ngram_size, min_new_tokens...) must not change the
+    rollout distribution: the trainer re-scores samples under the plain policy."""
+    processor = build_processor()
+    model = build_tiny_model(processor.tokenizer, seed=1)
+    tok, ids, _ = _setup(model, processor)
+    prompts = encode_prompts(processor, [student_messages(q) for q in QUESTIONS], [[im] for im in images])
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
+    clean = hf_generate(model, prompts, greedy, ids, tok.eos_token_id, tok.pad_token_id)
+    model.generation_config.update(repetition_penalty=50.0, no_repeat_ngram_size=1, min_new_tokens=16,
+                                   typical_p=0.2)
+    dirty = hf_generate(model, prompts, greedy, ids, tok.eos_token_id, tok.pad_token_id)
+    assert torch.equal(clean.response_ids_BT, dirty.response_ids_BT)
+
+
+def test_load_processor_falls_back_to_the_processor_chat_template(tiny_dir, tmp_path):
+    import json
+    import shutil
+
+    from rlsd.model import load_processor
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_dir, model_dir)
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    template = config.pop("chat_template", None) or build_processor().tokenizer.chat_template
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (model_dir / name).unlink(missing_ok=True)
+    (model_dir / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    processor = load_processor(model_dir)
+    assert processor.tokenizer.chat_template is None and processor.chat_template == template
+    text = processor.apply_chat_template(student_messages("Q?"), add_generation_prompt=True, tokenize=False)
+    assert text.startswith("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Q?")
+
+
+def test_tiny_model_keeps_its_pixel_range(tiny_dir, images):
+    from rlsd.model import load_processor
+
+    spec = ModelSpec()
+    assert spec.min_pixels is None and spec.max_pixels is None  # None: the checkpoint's own range
+    processor = load_processor(tiny_dir, spec.min_pixels, spec.max_pixels)
+    size = processor.image_processor.size
+    assert (size.shortest_edge, size.longest_edge) == (32 * 32, 128 * 128)
+    batch = encode_prompts(processor, [student_messages(q) for q in QUESTIONS], [[im] for im in images])
+    assert batch.image_grid_thw.tolist() == [[1, 6, 6], [1, 6, 4]]
+    with pytest.raises(ValueError, match="min_pixels"):
+        load_processor(tiny_dir, 4096, 1024)
