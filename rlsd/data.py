@@ -253,6 +253,7 @@ def map_row(row, where: str, resolve: Callable[[str], Path | bytes | Callable], 
     image_col, image = _first(row, "image")
     if images is not None and image is not None:
         raise DataError(f"{where}: both '{images_col}' and '{image_col}' are given; use one")
+
     def ref(value, where_k: str, col: str, k: int) -> ImageRef:
         reader = image_source(col, k) if image_source else None  # None: not an image column of a hub table
         return ImageRef(where_k, reader) if reader is not None and value is not None else \
@@ -447,6 +448,8 @@ class _HubRows:
         self.ds = open_hub_dataset(spec)
         self.arrow = self.ds.with_format("arrow")
         self.image_columns = _image_columns(self.ds)
+        # A view of the image columns alone: reading one image does not read the row's long text columns.
+        self.image_arrow = self.ds.select_columns(sorted(self.image_columns)).with_format("arrow")
         self.text_columns = [c for c in self.ds.column_names if c not in self.image_columns]
         local = Path(spec.path)
         self.base = local if local.is_dir() else None
@@ -465,7 +468,7 @@ class _HubRows:
                 return None
 
             def read():
-                value = self.arrow[i].column(column)[0].as_py()
+                value = self.image_arrow[i].column(column)[0].as_py()
                 value = value if k < 0 else value[k]
                 if value.get("bytes") is not None:
                     return value["bytes"]

@@ -238,7 +238,7 @@ def upstream_repo(root: Path, n: int, bad_rows=(), mismatched_rows=()) -> Path:
 
 
 def authors_repo(root: Path) -> Path:
-    """A directory laid out as the EasyR1-style RLSD release: problem, answer, images (a list), problem_type, options."""
+    """A directory laid out as the EasyR1-style RLSD release: problem, answer, images (list), problem_type, options."""
     import datasets
 
     features = datasets.Features({
@@ -344,6 +344,28 @@ def test_image_paths_in_a_hub_layout_directory_resolve_against_it(tmp_path):
         .to_json(str(root / "data/train.jsonl"))
     (p,) = load_train_and_eval(f"hf:{root}", n_train=1, n_eval=0)[0]
     assert p.images[0].getpixel((0, 0)) == (9, 8, 7)
+
+
+def test_image_paths_in_a_hub_repository_are_fetched_from_it(tmp_path, monkeypatch):
+    """A hub id whose rows name image files: each file is fetched from the dataset repository, when first read."""
+    import datasets
+    import huggingface_hub
+
+    Image.new("RGB", (4, 4), (3, 3, 3)).save(tmp_path / "fetched.png")
+    table = datasets.Dataset.from_dict({"problem": ["<image>What?", "Why?"], "answer": ["1", "2"],
+                                        "images": [["images/a.png"], []]})
+    loads, fetches = [], []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: loads.append((a, k)) or table)
+
+    def fake_download(repo_id, filename, repo_type):
+        fetches.append((repo_id, filename, repo_type))
+        return str(tmp_path / "fetched.png")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    train, test = load_train_and_eval("hf:org/set:train:cfg", n_train=5, n_eval=0)
+    assert loads == [(("org/set", "cfg"), {"split": "train"})]
+    assert fetches == [("org/set", "images/a.png", "dataset")]  # checked before step 1
+    (p,) = [p for p in train if p.answer == "1"]
+    assert p.images[0].getpixel((0, 0)) == (3, 3, 3) and p.meta["dataset"] == "hf:org/set:train:cfg"
 
 
 def test_hub_spec_syntax():
