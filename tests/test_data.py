@@ -391,3 +391,16 @@ def test_a_hub_id_offline_fails_at_start_with_one_line(tmp_path):
     message = json.loads(line[len("DATAERROR "):])
     assert message.startswith("hf:iieycx/rlsd-train-MMFineReason-123K:train: cannot load the dataset (offline?")
     assert "\n" not in message
+
+
+def test_loaded_problems_encode_unchanged(tmp_path, tiny_dir):
+    """The trainer's callers read `p.images` and `len(p.images)` as before: hub problems encode as testbed ones do."""
+    from rlsd.inputs import encode_prompts
+    from rlsd.model import load_processor
+    from rlsd.prompts import student_messages
+
+    train, _ = load_train_and_eval(f"hf:{authors_repo(tmp_path / 'rlsd')}", n_train=2, n_eval=0)
+    processor = load_processor(tiny_dir)
+    batch = encode_prompts(processor, [student_messages(p.question, len(p.images)) for p in train],
+                           [p.images for p in train])
+    assert sorted(batch.images_per_row) == [0, 2] and batch.pixel_values is not None
