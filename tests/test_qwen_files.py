@@ -6,7 +6,6 @@ a 151,936-row vocabulary, 13 specials to suppress plus 267 padded rows, one imag
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
