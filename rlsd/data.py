@@ -22,12 +22,15 @@ COLUMNS (below) is the one place that says which column becomes which `Problem` 
     id             id                                 str or int; default "<file>:<row>". Hub rows with a `source`
                                                       column get "<source>:<id>" (upstream ids repeat across sources)
 
-Every other column goes to `Problem.meta`. The hub layouts this covers (verified from published code that reads them):
-the upstream `OpenDataArena/MMFineReason-SFT-123K-Qwen3-VL-235B-Thinking` (parquet: `question` with inline
-`<image>`, `answer`, `image` as a `datasets.Image`, `qwen3vl_235b_thinking_response`, `source`, `id`, `pass_rate`,
-`caption`, ...) and the authors' RLSD release `iieycx/rlsd-train-MMFineReason-123K` (the EasyR1 layout their trainer
-reads: `problem`, `answer`, `images`, `problem_type`, `options`, the 235B response as the teacher trajectory). Image
-paths given as strings in a hub repository are fetched from that repository with `huggingface_hub`.
+Every other column goes to `Problem.meta`. The hub layouts this covers, as checked against public code and notes
+that read them: the upstream `OpenDataArena/MMFineReason-SFT-123K-Qwen3-VL-235B-Thinking` (parquet shards under
+`data/`: `question` with inline `<image>`, `answer`, `image` as a `datasets.Image` struct of bytes and path,
+`qwen3vl_235b_thinking_response`, `source`, `id`, `pass_rate`, `caption`, ...) and the authors' RLSD release
+`iieycx/rlsd-train-MMFineReason-123K`, read by their EasyR1-style trainer with `prompt_key=problem`,
+`answer_key=answer`, `image_key=images`, the 235B response as the teacher trajectory, and `problem_type`/`options`
+in its prompt template. Whether that release stores its images inline (a `datasets.Image` list) or as files named
+by path was not visible; both work: paths are read relative to a local directory, or fetched from the hub
+repository with `huggingface_hub` when first read.
 
 Errors and bad rows:
 - a local file is checked completely at load: encoding (UTF-8), JSON, every field's type, duplicate ids, and the
@@ -337,7 +340,8 @@ def _local_rows(path: Path) -> list[tuple[int, object]]:
         except Exception as e:  # ArrowInvalid, OSError, ... for corrupt or truncated files
             raise DataError(f"{path}: unreadable parquet ({type(e).__name__}: {_one_line(e)})") from e
         return list(enumerate(table.to_pylist()))
-    raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .parquet)")
+    hint = f"; for a dataset directory use {HF_PREFIX}{path}" if path.is_dir() else ""
+    raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .parquet{hint})")
 
 
 def _map_local(path: Path) -> list[Problem]:
