@@ -17,18 +17,36 @@ Time bound
 math-verify's own timeout uses ``signal.alarm``, which raises off the main
 thread (data-loader threads, notebook workers).  We therefore call it with its
 timeouts disabled (``parsing_timeout=None``, ``timeout_seconds=None``) and
-enforce our own wall-clock budget instead:
+enforce our own budgets instead:
 
 1. Cheap guards first: an answer longer than ``max_answer_chars`` or with
    bracket nesting deeper than ``max_nesting`` (or unbalanced braces) is scored
-   wrong without ever being parsed.
+   wrong without ever being parsed.  Answers equal after a meaning-preserving
+   pre-normalisation (whitespace, ``\\dfrac``/``\\tfrac``, ``\\left``/``\\right``,
+   spacing commands) match without math-verify, however slow their parse.
 2. math-verify runs in one persistent worker process
    (``ProcessPoolExecutor(max_workers=1)``, 'spawn' context, created lazily and
-   reused).  Each item waits at most ``timeout_s`` via ``future.result``; on
-   timeout the worker is killed (a hung sympy computation cannot be interrupted
-   any other way), the item scores 0 with ``timed_out=True``, and a fresh worker
-   is started in the background for the next call.
-3. The worker runs under an address-space limit so that e.g. ``10^{10^{10}}``
+   reused).  The budgets are **CPU time of the worker** (read from
+   ``/proc/<pid>/stat``), not wall time: a comparison that needs 1 s of CPU
+   gets it whether the machine is idle or loaded, so a slow-but-correct answer
+   does not flip to 0 under load.  A wall-clock cap (``wall_factor`` x the CPU
+   budget) still stops a worker that is starved or blocked.  Where ``/proc`` is
+   unavailable the budgets fall back to wall time.
+3. Budgets: ``timeout_s`` per comparison and ``batch_timeout_s`` per
+   ``score_batch`` call (all its comparisons together; its wall cap includes
+   restarting killed workers).  Comparisons run in two passes: first each gets
+   ``first_pass_s``, then those that ran out get the full ``timeout_s`` while
+   the batch budget lasts.  So a few degenerate answers cannot starve the
+   genuine ones behind them, and a batch of 64 degenerate answers costs at most
+   the batch budget.  On a timeout the worker is killed (a hung sympy
+   computation cannot be interrupted any other way) and the item scores 0 with
+   ``timed_out=True``; items left when the batch budget is spent score 0 with
+   ``timed_out=True`` without being run.  After the first kill a warm spare
+   worker is kept, so a restart costs no start-up wait.
+4. Identical (answer, gold) pairs are compared once per batch, and finished
+   comparisons are remembered (``cache_size`` entries), so a degenerate answer
+   sampled G times, or again at the next step, costs its budget once.
+5. The worker runs under an address-space limit so that e.g. ``10^{10^{10}}``
    cannot exhaust the machine's memory before the budget runs out.
 
 ``Verifier(use_process=False)`` runs math-verify in the calling thread instead.
@@ -51,6 +69,8 @@ import multiprocessing
 import os
 import re
 import threading
+import time
+from collections import OrderedDict
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -66,7 +86,11 @@ MAX_ANSWER_CHARS = 2_000
 # genuine answers rarely nest deeper than ~6.
 MAX_NESTING = 16
 
-DEFAULT_TIMEOUT_S = 3.0  # wall-clock budget per math-verify comparison
+DEFAULT_TIMEOUT_S = 3.0  # worker CPU seconds per math-verify comparison
+DEFAULT_BATCH_TIMEOUT_S = 10.0  # worker CPU seconds for all comparisons of one score_batch call
+DEFAULT_FIRST_PASS_S = 0.5  # CPU seconds each comparison gets before any gets the full timeout_s
+DEFAULT_WALL_FACTOR = 3.0  # wall-clock cap = this x the CPU budget (a starved or blocked worker)
+DEFAULT_CACHE_SIZE = 4096  # finished math-verify comparisons remembered across calls
 DEFAULT_STARTUP_TIMEOUT_S = 120.0  # spawning + importing sympy; not part of the budget
 DEFAULT_WORKER_MEMORY_MB = 4096
 
@@ -307,6 +331,41 @@ def _is_mc_gold(gold: str, kind: Kind) -> bool:
     return bool(_MC_GOLD_RE.fullmatch(gold.strip()))
 
 
+# One token per control word, control symbol, whitespace run or character: linear, no backtracking.
+_LATEX_TOKEN_RE = re.compile(r"\\[A-Za-z]+|\\.|\s+|.", re.DOTALL)
+_SPACING_TOKENS = {"\\,", "\\!", "\\;", "\\:", "\\ ", "~", "\\quad", "\\qquad"}
+_FRAC_ALIASES = {"\\dfrac": "\\frac", "\\tfrac": "\\frac"}
+_SIZED_DELIMITERS = {"(", ")", "[", "]", "|", "\\{", "\\}", "\\|"}
+# Commands whose argument is text, where spaces are content: such answers are left as they are.
+_TEXT_COMMANDS = {"\\text", "\\textrm", "\\textbf", "\\textit", "\\mbox", "\\operatorname", "\\mathrm"}
+
+
+def canonical_latex(text: str) -> str:
+    """``text`` with meaning-preserving formatting removed, for a string comparison before math-verify.
+
+    Drops whitespace and spacing commands (``\\,`` ``\\!`` ``~`` ``\\quad`` ...), maps ``\\dfrac``/``\\tfrac`` to
+    ``\\frac`` and drops ``\\left``/``\\right`` before a delimiter.  One space is kept where it ends a control
+    word before a letter (``\\pi r`` is not ``\\pir``).  Text that contains a text-mode command is returned
+    unchanged (spaces are content there).  Linear in ``len(text)``.
+    """
+    tokens = _LATEX_TOKEN_RE.findall(text)
+    if any(token in _TEXT_COMMANDS for token in tokens):
+        return text
+    out: list[str] = []
+    for index, token in enumerate(tokens):
+        if token.isspace() or token in _SPACING_TOKENS:
+            following = tokens[index + 1] if index + 1 < len(tokens) else ""
+            if out and out[-1][:1] == "\\" and out[-1][1:].isalpha() and following[:1].isalpha():
+                out.append(" ")
+            continue
+        if token in ("\\left", "\\right"):
+            following = tokens[index + 1] if index + 1 < len(tokens) else ""
+            if following in _SIZED_DELIMITERS:
+                continue
+        out.append(_FRAC_ALIASES.get(token, token))
+    return "".join(out)
+
+
 def _quick_decision(pred: str | None, gold: str, kind: Kind) -> bool | None:
     """Decide a match without math-verify if possible; None means "needs math-verify"."""
     if kind not in ("auto", "mc", "math"):
@@ -322,8 +381,8 @@ def _quick_decision(pred: str | None, gold: str, kind: Kind) -> bool | None:
     pred_num, gold_num = _plain_number(pred), _plain_number(gold)
     if pred_num is not None and gold_num is not None:
         return pred_num == gold_num
-    if pred == gold:
-        return True
+    if pred == gold or canonical_latex(pred) == canonical_latex(gold):
+        return True  # equal up to formatting: no parse needed, however slow the parse would be
     return None
 
 
@@ -379,30 +438,103 @@ def _worker_ready() -> bool:
 # ---------------------------------------------------------------------------
 
 
-class Verifier:
-    """Reward function with a wall-clock bound on every math-verify call.
+class _Budget:
+    """What is left of one ``score_batch`` call's budget: worker CPU seconds and a wall-clock deadline."""
 
-    Holds one lazily created worker process.  Thread-safe: calls from several
-    threads are serialised (there is a single worker anyway).  Use as a context
-    manager or call ``close()`` to stop the worker.
+    def __init__(self, cpu_s: float, wall_s: float) -> None:
+        self.cpu_left = cpu_s
+        self.deadline = time.monotonic() + wall_s
+
+    def wall_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def spent(self) -> bool:
+        return self.cpu_left <= 0 or self.wall_left() <= 0
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds used so far by process ``pid`` (Linux ``/proc``), or None if unreadable."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        # Fields after "(comm)": state is field 3, utime field 14, stime field 15.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+try:
+    _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+except (AttributeError, ValueError, OSError):  # pragma: no cover - non-POSIX
+    _CLOCK_TICKS = 100
+
+
+def _worker_pid(pool: concurrent.futures.ProcessPoolExecutor) -> int | None:
+    """Pid of the pool's single worker (no public API; None if it cannot be found)."""
+    processes = getattr(pool, "_processes", None) or {}
+    return next(iter(processes), None)
+
+
+# Outcome of waiting for one comparison.
+_DONE, _CRASHED, _ITEM_TIMEOUT, _BUDGET_SPENT = "done", "crashed", "item_timeout", "budget_spent"
+
+
+class Verifier:
+    """Reward function with CPU-time budgets on math-verify, per comparison and per batch.
+
+    Holds one lazily created worker process (two once a worker has had to be killed: the spare makes a
+    restart instant).  Thread-safe: calls from several threads are serialised (there is a single worker
+    anyway).  Use as a context manager or call ``close()`` to stop the workers.
+
+    Parameters (all budgets in worker CPU seconds, see the module docstring):
+      timeout_s: the most one comparison may use before it scores 0 with ``timed_out=True``.
+      batch_timeout_s: the most all comparisons of one ``score_batch`` call may use together; None: no
+        batch budget.
+      first_pass_s: the budget of the first pass (None or >= timeout_s: a single pass).
+      wall_factor: wall-clock cap as a multiple of a CPU budget (per comparison and per batch).
+      use_process: False runs math-verify in the calling thread, NOT time-bounded (tests, trusted input).
+      mp_context: multiprocessing start method of the worker.
+      startup_timeout_s: the most the first worker start-up (import sympy) may take; not part of a budget.
+      worker_memory_mb: address-space limit of the worker (None: none).
+      cache_size: finished comparisons remembered across calls (0: none).
     """
 
     def __init__(
         self,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         *,
+        batch_timeout_s: float | None = DEFAULT_BATCH_TIMEOUT_S,
+        first_pass_s: float | None = DEFAULT_FIRST_PASS_S,
+        wall_factor: float = DEFAULT_WALL_FACTOR,
         use_process: bool = True,
         mp_context: str = "spawn",
         startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
         worker_memory_mb: int | None = DEFAULT_WORKER_MEMORY_MB,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
+        for name, value in (("timeout_s", timeout_s), ("batch_timeout_s", batch_timeout_s),
+                            ("first_pass_s", first_pass_s), ("wall_factor", wall_factor)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"Verifier: {name} must be a positive finite number, got {value!r}")
+        if wall_factor < 1:
+            raise ValueError(f"Verifier: wall_factor must be >= 1 (a wall cap below the CPU budget), got {wall_factor!r}")
         self.timeout_s = timeout_s
+        self.batch_timeout_s = batch_timeout_s
+        self.first_pass_s = first_pass_s
+        self.wall_factor = wall_factor
         self.use_process = use_process
         self.mp_context = mp_context
         self.startup_timeout_s = startup_timeout_s
         self.worker_memory_mb = worker_memory_mb
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], tuple[bool, bool]] = OrderedDict()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._ready: concurrent.futures.Future | None = None
+        self._spare: tuple[concurrent.futures.ProcessPoolExecutor, concurrent.futures.Future] | None = None
+        self._keep_spare = False
         self._lock = threading.RLock()
         self._owner_pid = os.getpid()
 
@@ -420,7 +552,7 @@ class Verifier:
     def score_batch(
         self, responses: Sequence[str], golds: Sequence[str], kind: Kind | Sequence[Kind] = "auto"
     ) -> list[VerifyResult]:
-        """Score many responses; fast-path items never touch the worker."""
+        """Score many responses; fast-path items never touch the worker, the rest share one batch budget."""
         if len(responses) != len(golds):
             raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
         kinds = [kind] * len(golds) if isinstance(kind, str) else list(kind)
@@ -441,9 +573,11 @@ class Verifier:
         ]
 
     def close(self) -> None:
-        """Stop the worker process (a later call starts a new one)."""
+        """Stop the worker processes (a later call starts a new one)."""
         with self._lock:
             self._kill_pool()
+            self._kill_spare()
+            self._keep_spare = False
 
     def __enter__(self) -> "Verifier":
         return self
@@ -456,86 +590,186 @@ class Verifier:
     def _match_many(self, items: Iterable[tuple[str | None, str, Kind]]) -> list[tuple[bool, bool]]:
         """(matched, timed_out) per item: quick decisions first, then math-verify."""
         results: list[tuple[bool, bool]] = []
-        slow: list[tuple[int, str, str]] = []
+        slow: list[tuple[int, tuple[str, str]]] = []
         for index, (pred, gold, kind) in enumerate(items):
             decision = _quick_decision(pred, gold, kind)
             results.append((bool(decision), False))
             if decision is None:
-                slow.append((index, _strip_delimiters(pred), _strip_delimiters(gold)))
+                slow.append((index, (_strip_delimiters(pred), _strip_delimiters(gold))))
         if slow:
-            slow_results = self._verify_slow([(pred, gold) for _, pred, gold in slow])
-            for (index, _, _), outcome in zip(slow, slow_results):
-                results[index] = outcome
+            outcomes = self._verify_slow([pair for _, pair in slow])
+            for (index, pair) in slow:
+                results[index] = outcomes[pair]
         return results
 
-    def _verify_slow(self, pairs: list[tuple[str, str]]) -> list[tuple[bool, bool]]:
-        """Run math-verify on (pred, gold) pairs, each within ``timeout_s``."""
-        if not self.use_process:
-            return [(_math_verify_match(pred, gold), False) for pred, gold in pairs]
+    def _verify_slow(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[bool, bool]]:
+        """(matched, timed_out) for each distinct (pred, gold) pair: cache, then math-verify."""
         with self._lock:
-            results: list[tuple[bool, bool]] = [(False, False)] * len(pairs)
-            pending = list(range(len(pairs)))
-            while pending:
-                pending = self._run_on_worker(pairs, pending, results)
-            return results
+            outcomes: dict[tuple[str, str], tuple[bool, bool]] = {}
+            todo = []
+            for pair in dict.fromkeys(pairs):  # each distinct pair once, in first-seen order
+                if pair in self._cache:
+                    self._cache.move_to_end(pair)
+                    outcomes[pair] = self._cache[pair]
+                else:
+                    todo.append(pair)
+            if not todo:
+                return outcomes
+            if self.use_process:
+                finished = self._verify_bounded(todo)
+            else:
+                finished = {pair: (_math_verify_match(*pair), False) for pair in todo}
+            for pair in todo:
+                if pair in finished:
+                    outcomes[pair] = finished[pair]
+                    self._remember(pair, finished[pair])
+                else:  # never run: the batch budget was spent first (not remembered)
+                    outcomes[pair] = (False, True)
+            return outcomes
 
-    def _run_on_worker(
-        self, pairs: list[tuple[str, str]], indices: list[int], results: list[tuple[bool, bool]]
-    ) -> list[int]:
-        """Submit ``indices`` to the worker and collect them in order.
+    def _remember(self, pair: tuple[str, str], outcome: tuple[bool, bool]) -> None:
+        if self.cache_size <= 0:
+            return
+        self._cache[pair] = outcome
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
-        The single worker runs items one after another, and we start waiting
-        for item k only once item k-1 is done, so each item gets at least
-        ``timeout_s`` of worker time and the caller waits at most ``timeout_s``
-        per item.  On a timeout or crash the worker is replaced and the
-        not-yet-collected indices are returned for resubmission.
+    def _verify_bounded(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[bool, bool]]:
+        """math-verify in the worker, in two passes under one batch budget; pairs left out were never decided."""
+        self._ensure_pool()  # the first start-up is not part of the batch budget
+        batch_cpu = self.batch_timeout_s if self.batch_timeout_s is not None else float("inf")
+        budget = _Budget(batch_cpu, self.wall_factor * batch_cpu)
+        finished: dict[tuple[str, str], tuple[bool, bool]] = {}
+        first = self.first_pass_s if self.first_pass_s is not None else self.timeout_s
+        limits = [first, self.timeout_s] if first < self.timeout_s else [self.timeout_s]
+        pending = pairs
+        for limit in limits:
+            pending = self._run_pass(pending, limit, budget, finished)
+            if not pending or budget.spent():
+                break
+        if budget.spent():
+            undecided = len(pairs) - len(finished)
+            if undecided:
+                logger.warning("verifier: batch budget (%.1f CPU s) spent; %d comparison(s) scored 0 unrun",
+                               batch_cpu, undecided)
+        else:
+            for pair in pending:  # ran out of the full per-item budget
+                finished[pair] = (False, True)
+        return finished
+
+    def _run_pass(self, pairs: list[tuple[str, str]], limit: float, budget: _Budget,
+                  finished: dict[tuple[str, str], tuple[bool, bool]]) -> list[tuple[str, str]]:
+        """Run ``pairs`` with ``limit`` CPU seconds each; returns those that ran out of ``limit``.
+
+        The single worker runs items one after another, and we start the clock for item k only once item
+        k-1 is done, so each item gets at least its budget of worker time.  On a timeout or crash the
+        worker is replaced and the not-yet-collected pairs are resubmitted.
         """
-        pool = self._ensure_pool()
-        futures = [(i, pool.submit(_math_verify_match, *pairs[i])) for i in indices]
-        for position, (index, future) in enumerate(futures):
-            try:
-                results[index] = (bool(future.result(timeout=self.timeout_s)), False)
-                continue
-            except concurrent.futures.TimeoutError:
-                results[index] = (False, True)
-            except BrokenProcessPool:  # worker died (e.g. hit its memory limit)
-                logger.warning("verifier worker crashed; scoring the item 0 and restarting it")
-                results[index] = (False, False)
-            except BaseException:  # e.g. KeyboardInterrupt: do not leave a busy worker behind
-                self._kill_pool()
-                raise
-            self._restart_pool()
-            return [i for i, _ in futures[position + 1 :]]
-        return []
+        out_of_time: list[tuple[str, str]] = []
+        pending = list(pairs)
+        while pending and not budget.spent():
+            pool = self._ensure_pool(wait_s=max(budget.wall_left(), 0.0))
+            if pool is None:  # the replacement did not start within the batch's wall budget
+                budget.cpu_left = 0.0
+                break
+            pid = _worker_pid(pool)
+            futures = [(pair, pool.submit(_math_verify_match, *pair)) for pair in pending]
+            pending = []
+            for position, (pair, future) in enumerate(futures):
+                status, value = self._wait(future, pid, limit, budget)
+                if status == _DONE:
+                    finished[pair] = (value, False)
+                    continue
+                if status == _CRASHED:
+                    logger.warning("verifier worker crashed; scoring the item 0 and restarting it")
+                    finished[pair] = (False, False)
+                elif status == _ITEM_TIMEOUT:
+                    out_of_time.append(pair)
+                self._restart_pool()
+                if status == _BUDGET_SPENT:
+                    return out_of_time
+                pending = [p for p, _ in futures[position + 1 :]]
+                break
+        return out_of_time
+
+    def _wait(self, future: concurrent.futures.Future, pid: int | None, limit: float,
+              budget: _Budget) -> tuple[str, bool]:
+        """Wait for one comparison within ``limit`` CPU seconds of the worker and the batch budget.
+
+        CPU time is read from ``/proc``; without it, wall time stands in for it.  Waiting is in slices no
+        longer than the CPU still allowed (a single-threaded worker cannot use CPU faster than wall time),
+        so an idle machine adds no polling overhead.  Charges the CPU used to ``budget``.
+        """
+        start_wall = time.monotonic()
+        start_cpu = _cpu_seconds(pid)
+        used = 0.0
+        try:
+            while True:
+                now = time.monotonic()
+                cpu_now = _cpu_seconds(pid) if start_cpu is not None else None
+                used = (cpu_now - start_cpu) if cpu_now is not None else now - start_wall
+                item_left = min(limit - used, self.wall_factor * limit - (now - start_wall))
+                batch_left = min(budget.cpu_left - used, budget.deadline - now)
+                if item_left <= 0 and item_left <= batch_left:
+                    return _ITEM_TIMEOUT, False
+                if batch_left <= 0:
+                    return _BUDGET_SPENT, False
+                try:
+                    return _DONE, bool(future.result(timeout=max(min(item_left, batch_left), 0.01)))
+                except concurrent.futures.TimeoutError:
+                    continue
+                except BrokenProcessPool:  # worker died (e.g. hit its memory limit)
+                    return _CRASHED, False
+                except BaseException:  # e.g. KeyboardInterrupt: do not leave a busy worker behind
+                    self._kill_pool()
+                    raise
+        finally:
+            budget.cpu_left -= max(used, 0.0)
 
     # -- worker lifecycle ---------------------------------------------------
 
-    def _start_pool(self) -> None:
-        """Start a worker in the background (does not wait for it)."""
+    def _new_pool(self) -> tuple[concurrent.futures.ProcessPoolExecutor, concurrent.futures.Future]:
+        """Start a worker in the background; returns it with its readiness future."""
         context = multiprocessing.get_context(self.mp_context)
-        self._pool = concurrent.futures.ProcessPoolExecutor(
+        pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1,
             mp_context=context,
             initializer=_worker_init,
             initargs=(self.worker_memory_mb,),
         )
-        self._ready = self._pool.submit(_worker_ready)
+        return pool, pool.submit(_worker_ready)
 
-    def _ensure_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+    def _start_pool(self) -> None:
+        """Make a worker current: the warm spare if there is one, else a new one (does not wait)."""
+        if self._spare is not None:
+            (self._pool, self._ready), self._spare = self._spare, None
+        else:
+            self._pool, self._ready = self._new_pool()
+        if self._keep_spare:
+            self._spare = self._new_pool()
+
+    def _ensure_pool(self, wait_s: float | None = None) -> concurrent.futures.ProcessPoolExecutor | None:
         """The worker pool, started if needed and waited for until it is ready.
 
-        Start-up (spawning Python, importing sympy) is waited for separately so
-        it never eats into a comparison's budget.
+        Start-up (spawning Python, importing sympy) is waited for separately so it never eats into a
+        comparison's budget.  ``wait_s`` bounds that wait (default ``startup_timeout_s``); if the worker
+        is not ready by then, returns None and leaves it starting.
         """
         if self._owner_pid != os.getpid():
-            # We were forked (e.g. into a data-loader worker): the inherited pool
-            # belongs to the parent, so forget it and start our own.
-            self._pool, self._ready, self._owner_pid = None, None, os.getpid()
+            # We were forked (e.g. into a data-loader worker): the inherited pools belong to the parent,
+            # so forget them and start our own.
+            self._pool, self._ready, self._spare, self._owner_pid = None, None, None, os.getpid()
         if self._pool is None:
             self._start_pool()
         if self._ready is not None:
+            limit = self.startup_timeout_s if wait_s is None else min(wait_s, self.startup_timeout_s)
             try:
-                self._ready.result(timeout=self.startup_timeout_s)
+                self._ready.result(timeout=limit)
+            except concurrent.futures.TimeoutError:
+                if wait_s is not None and wait_s < self.startup_timeout_s:
+                    return None
+                self._kill_pool()
+                raise RuntimeError(f"verifier worker did not start within {limit:.0f} s") from None
             except Exception as error:
                 self._kill_pool()
                 raise RuntimeError("verifier worker failed to start") from error
@@ -547,26 +781,37 @@ class Verifier:
         return self._pool
 
     def _restart_pool(self) -> None:
-        """Kill the current worker and start a replacement in the background."""
+        """Kill the current worker and switch to a replacement; from now on keep a warm spare."""
         self._kill_pool()
+        self._keep_spare = True
         self._start_pool()
 
     def _kill_pool(self) -> None:
-        """Kill the worker outright: a hung sympy call cannot be cancelled."""
+        """Kill the current worker outright: a hung sympy call cannot be cancelled."""
         pool, self._pool, self._ready = self._pool, None, None
-        if pool is None:
-            return
-        if hasattr(pool, "kill_workers"):  # Python >= 3.14
-            pool.kill_workers()
-            processes = []
-        else:
-            # No public API before 3.14; _processes maps pid -> Process.
-            processes = list((getattr(pool, "_processes", None) or {}).values())
-            for process in processes:
-                process.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        _kill(pool)
+
+    def _kill_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            _kill(spare[0])
+
+
+def _kill(pool: concurrent.futures.ProcessPoolExecutor | None) -> None:
+    """Kill a pool's worker process and shut the pool down without waiting for its tasks."""
+    if pool is None:
+        return
+    if hasattr(pool, "kill_workers"):  # Python >= 3.14
+        pool.kill_workers()
+        processes = []
+    else:
+        # No public API before 3.14; _processes maps pid -> Process.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         for process in processes:
-            process.join(timeout=5)
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)
 
 
 # ---------------------------------------------------------------------------
