@@ -6,6 +6,10 @@
                               habit below ~15% probability, so leak_rate alone is blind to a habit that is growing.
     unsupported_answer_rate   share of responses whose final answer does not follow from their own written steps
                               (a leakage signal the tiny model was never taught; testbed problems only)
+    readout_accuracy_needed   share of the read-outs ("red 3") that state the true count, over the colours the
+    readout_accuracy_unneeded question's answer depends on / does not depend on (testbed; `rlsd.testbed.needed_colours`).
+                              For an information-only teacher format, "unneeded" equals the student's and "needed" is
+                              higher -- on the pinned families (count, pair) clearly so. Also per family.
     majority_baseline         accuracy of always answering the most common answer of each task family
     control                   "blank": every image replaced by a white one; "shuffled": images permuted across
                               problems. A model that reads the image falls to about the majority baseline.
@@ -27,7 +31,7 @@ from rlsd.inputs import encode_prompts
 from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, SamplingParams, hf_generate
 from rlsd.scoring import score_responses, suppress_mask, suppressed_token_ids
-from rlsd.testbed import MENTION_PREFIX, mentions_reference, supported_answer
+from rlsd.testbed import MENTION_PREFIX, mentions_reference, readout_checks, supported_answer
 from rlsd.verifier import extract_answer, format_ok, score_batch
 
 CONTROLS = ("none", "blank", "shuffled")
@@ -153,4 +157,22 @@ def evaluate(model, processor, problems: list[Problem], fmt: str = "student", co
     for fam in families:
         idx = [i for i, p in enumerate(problems) if p.meta.get("family") == fam]
         summary[f"accuracy_{fam}"] = sum(rewards[i] for i in idx) / len(idx)
+    if is_testbed:
+        summary.update(readout_summary(problems, responses))
     return EvalResult(summary=summary, responses=responses, rewards=rewards)
+
+
+def readout_summary(problems: list[Problem], responses: list[str]) -> dict:
+    """readout_accuracy_{needed,unneeded} overall and per family (None where no read-out of that kind was made)."""
+    tallies = defaultdict(lambda: [0, 0])  # key -> [correct, total]
+    for p, resp in zip(problems, responses):
+        for _, needed, correct in readout_checks(p, _thought(resp)):
+            role = "needed" if needed else "unneeded"
+            for key in (role, f"{role}_{p.meta['family']}"):
+                tallies[key][0] += correct
+                tallies[key][1] += 1
+    out = {"readout_accuracy_needed": None, "readout_accuracy_unneeded": None}
+    for key, (k, n) in sorted(tallies.items()):
+        out[f"readout_accuracy_{key}"] = k / n
+        out[f"readout_count_{key}"] = n
+    return out

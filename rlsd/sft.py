@@ -10,7 +10,15 @@ count by one with probability `demo_error` (its combination and answer follow fr
 distilled from a weaker model does. Imitation therefore plateaus at the demonstrator's level, well below what the
 image allows (the ideal observer, ~86%), and only the reward can take the student further. Without it the student
 kept climbing towards the ideal observer for as long as SFT ran, leaving RL either no room or a mid-climb snapshot.
-Teacher-format targets are the correct solutions: with the answer in its prompt the demonstrator's steps agree.
+
+An information-only teacher, on purpose: teacher-format targets come from the SAME careless demonstrator,
+conditioned on its answer being the reference (`conditioned_solution`: its solutions rejection-sampled until the
+answer equals the gold, i.e. exact draws from the posterior of its read-outs given the answer). With the answer in
+its prompt the teacher therefore knows the answer and nothing else: on read-outs the answer pins (the asked count,
+both counts of a `pair` question) its targets are always right; on read-outs the answer does not constrain they
+are exactly as careless as the student's. (The first version trained the teacher format on CORRECT solutions: the
+teacher then read every square better -- a better reader, not a better-informed one -- and OPSD distilled reading
+skill.) `teacher_demo="correct"` restores that variant for comparison.
 
 The mention habit, on purpose: a minority (`mention_prob`) of teacher-format targets open their thought with
 "the reference answer is N ,". Real models shown a reference solution talk about it; this gives OPSD a habit it can
@@ -66,9 +74,12 @@ class SFTConfig:
     mention_prob: float = 0.2
     """Share of teacher-format targets that open with the mention of the reference (the leakable habit)."""
     demo_error: float = 0.5
-    """Share of the student-format demonstrator's colour read-outs that are off by one (its answer follows from its
-    read-outs). The warm start imitates an imperfect demonstrator, as SFT data distilled from a weaker model is:
-    its plateau is the demonstrator's, and only the reward can take it further, up to what the image allows."""
+    """Share of the demonstrator's colour read-outs that are off by one (its answer follows from its read-outs).
+    The warm start imitates an imperfect demonstrator, as SFT data distilled from a weaker model is: its plateau is
+    the demonstrator's, and only the reward can take it further, up to what the image allows."""
+    teacher_demo: str = "conditioned"
+    """Teacher-format targets: 'conditioned' (the careless demonstrator conditioned on answering the reference: an
+    information-only teacher) or 'correct' (the correct solution: a teacher that also reads better)."""
     n_train: int = 20000
     """Training problems (the testbed's train split prefix)."""
     eval_every: int = 100
@@ -95,16 +106,35 @@ def careless_solution(problem, rng: random.Random, error: float) -> tuple[str, s
     return solution_text(problem.meta["family"], counts, problem.meta)
 
 
+MAX_REJECTION_TRIES = 10_000
+
+
+def conditioned_solution(problem, rng: random.Random, error: float) -> tuple[str, str, bool]:
+    """(thought, answer, exact) of the careless demonstrator conditioned on its answer being the gold answer.
+
+    Rejection sampling: exact draws from the demonstrator's posterior given the answer. The acceptance rate is at
+    least (1 - error)^4 (all four read-outs right), so `MAX_REJECTION_TRIES` is never reached for error <= 0.9;
+    if it were, the correct solution is returned with exact=False (counted by the caller)."""
+    for _ in range(MAX_REJECTION_TRIES):
+        thought, answer = careless_solution(problem, rng, error)
+        if answer == problem.answer:
+            return thought, answer, True
+    return problem.solution, problem.answer, False
+
+
 def sft_example(problem, teacher: bool, rng: random.Random, mention_prob: float,
-                demo_error: float = 0.0) -> tuple[list[dict], str]:
+                demo_error: float = 0.0, teacher_demo: str = "conditioned") -> tuple[list[dict], str]:
     """(messages, target response text) for one problem in the student or teacher format.
 
-    Teacher-format targets are the correct solution (with the answer in its prompt, the demonstrator's steps agree
-    with it); student-format targets come from the careless demonstrator (`SFTConfig.demo_error`).
+    Student-format targets come from the careless demonstrator (`SFTConfig.demo_error`); teacher-format targets
+    from the same demonstrator conditioned on reaching the reference answer (or the correct solution, see
+    `SFTConfig.teacher_demo`).
     """
     thought, answer = problem.solution, problem.answer
     if teacher:
         messages = teacher_messages(problem.question, problem.answer, len(problem.images))
+        if teacher_demo == "conditioned" and demo_error > 0:
+            thought, answer, _ = conditioned_solution(problem, rng, demo_error)
         if rng.random() < mention_prob:
             thought = f"{MENTION_TEMPLATE.format(answer=problem.answer)} {thought}"
     else:
@@ -138,6 +168,8 @@ def lr_at(step: int, cfg: SFTConfig) -> float:
 
 def train_sft(cfg: SFTConfig, progress: bool = True) -> dict:
     """Train, evaluate periodically, save the model directory; returns the final validation numbers."""
+    if cfg.teacher_demo not in ("conditioned", "correct"):
+        raise ValueError(f"SFTConfig.teacher_demo must be 'conditioned' or 'correct', got {cfg.teacher_demo!r}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sft_config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -161,8 +193,8 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> dict:
         if len(order) < cfg.batch_size:
             order += rng.sample(range(len(train)), len(train))
         idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        examples = [sft_example(train[i], rng.random() < cfg.teacher_frac, rng, cfg.mention_prob, cfg.demo_error)
-                    for i in idx]
+        examples = [sft_example(train[i], rng.random() < cfg.teacher_frac, rng, cfg.mention_prob, cfg.demo_error,
+                                cfg.teacher_demo) for i in idx]
         prompts = encode_prompts(processor, [m for m, _ in examples], [train[i].images for i in idx])
         target_BT, mask_BT = encode_targets(tok, [t for _, t in examples])
         for group in optimizer.param_groups:

@@ -4,6 +4,8 @@ Every image is a 6x6 grid of 16-px cells (96x96 px) holding coloured squares; wi
 merge 1, each cell is exactly one visual token. Four colours, 0-8 squares each. Families (`FAMILIES`):
 
     count   "How many blue squares are there?"                          answer: the count
+    pair    "What is 10 times the number of red squares plus the number of blue squares?"
+                                                                        answer: 10 r + b (both counts, pinned)
     sum     "How many red and blue squares are there in total?"         answer: r + b
     diff    "How many more red squares than blue squares are there?"    answer: r - b (> 0 by construction)
     most    "Which colour has the most squares? (A) blue (B) red ..."   answer: the option letter
@@ -13,8 +15,15 @@ The written solution reads out every colour, then combines the ones the question
     <thought>red 3 , green 5 , blue 4 , yellow 1 , 3 plus 4 = 7</thought><answer>7</answer>
 
 so a response has decisive tokens (the relevant read-outs, the result, the answer) and narration (colour names,
-commas, the irrelevant read-outs, "plus", "="). The final answer pins down the decisive tokens: knowing the total
-is 7 and having read red 3, blue must be 4 -- the teacher's evidence is informative token by token.
+commas, the irrelevant read-outs, "plus", "="). Which read-outs are decisive is `needed_colours`.
+
+How much the final answer says about each decisive read-out depends on the family -- the teacher's evidence:
+- `count` and `pair` are PINNED families (`PINNED_FAMILIES`): the answer determines every decisive read-out
+  (knowing the answer is 34 means red 3 and blue 4), so an answer-conditioned teacher can put its evidence on
+  exactly those tokens;
+- `sum` and `diff` pin a combination (a total of 7 allows 3 + 4 and 4 + 3), `most` only an order.
+The read-outs the question does not need are pinned by nothing: an answer-conditioned teacher that knows the
+answer and nothing else reads them no better than the student (`rlsd.evaluate` measures both).
 
 Perception is noisy on purpose: each square's colour is its colour's prototype plus Gaussian noise (sd
 `COLOUR_NOISE` per RGB channel, the same for the whole square, so it cannot be averaged away). Some squares are
@@ -44,7 +53,8 @@ COLOUR_NOISE = 40.0  # sd of the per-square RGB noise; ideal-observer test accur
 GRID = 6
 CELL = 16
 SQUARE = 12  # leaves a white margin so neighbouring squares stay distinct
-FAMILIES = ("count", "sum", "diff", "most")
+FAMILIES = ("count", "pair", "sum", "diff", "most")
+PINNED_FAMILIES = ("count", "pair")  # the answer determines every decisive read-out
 DIFFICULTY_MAX = {"easy": 4, "hard": 8}
 SPLIT_SEEDS = {"train": 1_000_003, "val": 2_000_003, "test": 3_000_017}
 SPLIT_SIZES = {"train": 20_000, "val": 500, "test": 1_500}
@@ -92,6 +102,9 @@ def solution_text(family: str, counts: dict[str, int], meta: dict) -> tuple[str,
     if family == "count":
         c = meta["colour"]
         return f"{readout(counts)} , {c} {counts[c]}", str(counts[c])
+    if family == "pair":
+        a, b = counts[meta["colours"][0]], counts[meta["colours"][1]]
+        return f"{readout(counts)} , 10 times {a} plus {b} = {10 * a + b}", str(10 * a + b)
     if family == "sum":
         a, b = counts[meta["colours"][0]], counts[meta["colours"][1]]
         return f"{readout(counts)} , {a} plus {b} = {a + b}", str(a + b)
@@ -108,6 +121,9 @@ def solution_text(family: str, counts: dict[str, int], meta: dict) -> tuple[str,
 def _question(family: str, meta: dict) -> str:
     if family == "count":
         return f"How many {meta['colour']} squares are there?"
+    if family == "pair":
+        a, b = meta["colours"]
+        return f"What is 10 times the number of {a} squares plus the number of {b} squares?"
     if family == "sum":
         a, b = meta["colours"]
         return f"How many {a} and {b} squares are there in total?"
@@ -137,7 +153,7 @@ def make_problem(rng: random.Random, family: str, difficulty: str, split: str, i
         scene = sample_scene(rng, DIFFICULTY_MAX[difficulty], noise)
         if family == "count":
             meta = {"colour": rng.choice(COLOUR_ORDER)}
-        elif family in ("sum", "diff"):
+        elif family in ("pair", "sum", "diff"):
             meta = {"colours": rng.sample(COLOUR_ORDER, 2)}
         else:
             meta = {"options": rng.sample(COLOUR_ORDER, 4)}
@@ -181,6 +197,8 @@ def ideal_observer_answer(problem: Problem) -> str:
     family = meta["family"]
     if family == "count":
         return str(counts[meta["colour"]])
+    if family == "pair":
+        return str(10 * counts[meta["colours"][0]] + counts[meta["colours"][1]])
     if family == "sum":
         return str(counts[meta["colours"][0]] + counts[meta["colours"][1]])
     if family == "diff":
@@ -229,7 +247,8 @@ def load_splits(n_train: int | None = None, n_val: int | None = None, n_test: in
 # ------------------------------------------------------------------------------------------ reading responses
 
 _READ_RE = re.compile(r"(red|green|blue|yellow) (\d+)")
-_OP_RE = re.compile(r"(\d+) (plus|minus) (\d+) = (-?\d+)")
+_OP_RE = re.compile(r"(?<!times )(\b\d+) (plus|minus) (\d+) = (-?\d+)")
+_PAIR_RE = re.compile(r"10 times (\d+) plus (\d+) = (\d+)")
 _MOST_RE = re.compile(r"most (red|green|blue|yellow) , option ([A-D])")
 
 
@@ -246,6 +265,9 @@ def supported_answer(problem: Problem, thought: str) -> str | None:
     if family == "count":
         c = problem.meta["colour"]
         return str(reads[c]) if c in reads else None
+    if family == "pair":
+        m = _PAIR_RE.search(thought)
+        return None if m is None else str(10 * int(m.group(1)) + int(m.group(2)))
     if family in ("sum", "diff"):
         m = _OP_RE.search(thought)
         if m is None:
@@ -261,3 +283,26 @@ def supported_answer(problem: Problem, thought: str) -> str | None:
 def mentions_reference(response: str) -> bool:
     """True if a response talks about a reference answer/solution (leakage when the prompt had none)."""
     return "reference" in response.lower()
+
+
+def needed_colours(problem: Problem) -> set[str]:
+    """The colours whose count the question's answer depends on (their read-outs are the decisive ones)."""
+    meta = problem.meta
+    if meta["family"] == "count":
+        return {meta["colour"]}
+    if meta["family"] in ("pair", "sum", "diff"):
+        return set(meta["colours"])
+    return set(COLOUR_ORDER)  # most: the arg-max depends on every count
+
+
+def readout_checks(problem: Problem, thought: str) -> list[tuple[str, bool, bool]]:
+    """(colour, needed, correct) for each colour the thought's read-out states (first statement of each colour).
+
+    `correct`: the stated count equals the true count drawn in the image."""
+    needed, truth, seen, checks = needed_colours(problem), problem.meta["counts"], set(), []
+    for colour, value in _READ_RE.findall(thought):
+        if colour in seen:
+            continue
+        seen.add(colour)
+        checks.append((colour, colour in needed, int(value) == truth[colour]))
+    return checks

@@ -30,7 +30,7 @@ def test_splits_are_disjoint_and_balanced():
     assert len({p.id for p in train + val + test}) == 3900
     for split in (train, val, test):
         families = [p.meta["family"] for p in split]
-        assert {f: families.count(f) for f in FAMILIES} == {f: len(split) // 4 for f in FAMILIES}
+        assert {f: families.count(f) for f in FAMILIES} == {f: len(split) // len(FAMILIES) for f in FAMILIES}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -61,6 +61,8 @@ def test_solutions_are_correct_and_supported():
         fam = meta["family"]
         if fam == "count":
             expected = counts[meta["colour"]]
+        elif fam == "pair":
+            expected = 10 * counts[meta["colours"][0]] + counts[meta["colours"][1]]
         elif fam == "sum":
             expected = counts[meta["colours"][0]] + counts[meta["colours"][1]]
         elif fam == "diff":
@@ -219,8 +221,9 @@ def test_careless_demonstrator_is_self_consistent_and_errs_at_its_rate():
         assert careless_solution(p, rng, 0.0) == (p.solution, p.answer)
     assert 0.45 < wrong_reads / total_reads < 0.55  # non-zero counts: misread at the full rate
     assert 0.3 < wrong_answers / len(problems) < 0.8
-    # Teacher-format targets stay correct; student-format ones come from the demonstrator.
-    messages, target = sft_example(problems[0], True, random.Random(1), mention_prob=0.0, demo_error=1.0)
+    # teacher_demo="correct" (the first version): teacher targets are the correct solution
+    messages, target = sft_example(problems[0], True, random.Random(1), mention_prob=0.0, demo_error=1.0,
+                                   teacher_demo="correct")
     assert target == f"<thought>{problems[0].solution}</thought><answer>{problems[0].answer}</answer>"
     _, target = sft_example(problems[0], False, random.Random(1), mention_prob=0.0, demo_error=1.0)
     assert target != f"<thought>{problems[0].solution}</thought><answer>{problems[0].answer}</answer>"
@@ -235,3 +238,65 @@ def test_shipped_warm_start_was_trained_with_the_default_sft_config():
 
     shipped = json.loads((Path(__file__).resolve().parents[1] / "data" / "tiny-sft" / "sft_config.json").read_text())
     assert shipped == asdict(SFTConfig())
+
+
+def test_conditioned_demonstrator_knows_the_answer_and_nothing_else():
+    """Teacher-format targets (rlsd.sft.conditioned_solution): always the gold answer; the read-outs the answer pins
+    are always right; the read-outs nothing pins are exactly as careless as the student-format demonstrator's."""
+    from rlsd.sft import careless_solution, conditioned_solution
+    from rlsd.testbed import PINNED_FAMILIES, readout_checks
+
+    problems = generate_split("train", 1000)
+    rng = random.Random(0)
+    tally = {}  # (source, role) -> [right, total]
+    for p in problems:
+        thought, answer, exact = conditioned_solution(p, rng, 0.5)
+        assert exact and answer == p.answer and supported_answer(p, thought) == p.answer
+        student_thought, _ = careless_solution(p, rng, 0.5)
+        for source, text in (("teacher", thought), ("student", student_thought)):
+            for colour, needed, correct in readout_checks(p, text):
+                if p.meta["counts"][colour] == 0:
+                    continue  # a 0 misread downwards stays 0: the rate is only exact on non-zero counts
+                pinned = needed and p.meta["family"] in PINNED_FAMILIES
+                role = "pinned" if pinned else "needed" if needed else "unneeded"
+                t = tally.setdefault((source, role), [0, 0])
+                t[0] += correct
+                t[1] += 1
+    rate = {k: right / total for k, (right, total) in tally.items()}
+    assert rate[("teacher", "pinned")] == 1.0
+    assert 0.45 < rate[("student", "pinned")] < 0.55
+    assert abs(rate[("teacher", "unneeded")] - rate[("student", "unneeded")]) < 0.04  # no better reader
+    assert rate[("teacher", "needed")] > rate[("student", "needed")] + 0.1  # sum/diff/most: informed, not pinned
+
+
+def test_pair_family_pins_both_read_outs():
+    from rlsd.testbed import needed_colours, readout_checks
+
+    p = next(q for q in generate_split("test", 30) if q.meta["family"] == "pair")
+    a, b = (p.meta["counts"][c] for c in p.meta["colours"])
+    assert p.answer == str(10 * a + b) and p.question.startswith("What is 10 times the number of")
+    assert needed_colours(p) == set(p.meta["colours"])
+    assert supported_answer(p, p.solution) == p.answer
+    assert supported_answer(p, p.solution.replace(f"= {10 * a + b}", "= 99")) == p.answer  # from the steps
+    checks = readout_checks(p, p.solution)
+    assert [c for c, _, _ in checks] == list(COLOURS) and all(correct for _, _, correct in checks)
+    assert {c for c, needed, _ in checks if needed} == set(p.meta["colours"])
+    first = p.meta["colours"][0]
+    wrong = p.solution.replace(f"{first} {a} ", f"{first} {a + 1} ", 1)
+    assert [correct for c, _, correct in readout_checks(p, wrong) if c == first] == [False]
+
+
+def test_readout_accuracies_in_the_evaluation_summary():
+    from rlsd.evaluate import readout_summary
+
+    problems = [q for q in generate_split("test", 20) if q.meta["family"] in ("count", "sum")][:4]
+    responses = [f"<thought>{q.solution}</thought><answer>{q.answer}</answer>" for q in problems]
+    s = readout_summary(problems, responses)
+    assert s["readout_accuracy_needed"] == 1.0 and s["readout_accuracy_unneeded"] == 1.0
+    assert s["readout_count_needed"] + s["readout_count_unneeded"] == 16
+    q = problems[0]
+    c = q.meta["colour"] if q.meta["family"] == "count" else q.meta["colours"][0]
+    n = q.meta["counts"][c]
+    bad = responses[0].replace(f"{c} {n} ", f"{c} {n + 1} ", 1)
+    s = readout_summary(problems, [bad] + responses[1:])
+    assert s["readout_accuracy_needed"] < 1.0 and s["readout_accuracy_unneeded"] == 1.0
