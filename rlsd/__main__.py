@@ -149,6 +149,25 @@ def cmd_evaluate(args):
     print(json.dumps(result.summary, indent=None if args.json else 2))
 
 
+def cmd_benchmark(args):
+    from rlsd.benchmarks import BenchmarkFormatError
+    from rlsd.benchmarks.hub import BenchmarkDataError
+    from rlsd.benchmarks.run import (BenchmarkRunConfig, BenchmarkRunError, parse_benchmarks, readable_table,
+                                     run_benchmarks)
+
+    try:
+        cfg = BenchmarkRunConfig(
+            model=args.model, adapter=args.adapter, benchmarks=parse_benchmarks(args.benchmarks), limit=args.limit,
+            data_dir=args.data_dir, out=args.out, cache_dir=args.cache_dir, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels, seed=args.seed, device=args.device,
+            dtype=args.dtype, label=args.label, progress=not args.no_progress)
+        result = run_benchmarks(cfg)
+    except (BenchmarkDataError, BenchmarkFormatError, BenchmarkRunError) as error:
+        print(f"rlsd benchmark: error: {error}", file=sys.stderr)  # one line, no traceback: a user-facing problem
+        raise SystemExit(2) from None
+    print(json.dumps(result) if args.json else readable_table(result))
+
+
 def main(argv=None):
     from rlsd.sft import SFTConfig
 
@@ -198,6 +217,31 @@ def main(argv=None):
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the paper's validation sampling")
     p.add_argument("--json", action="store_true", help="print one JSON object, no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("benchmark", help="a model (+ adapter) on the paper's five benchmarks: one Table-2 row",
+                       description="Generate (resumably) and score MMMU, MathVista, MATH-Vision, ZeroBench and "
+                                   "We-Math from the Hugging Face hub or a save_to_disk copy (rlsd.benchmarks.run).")
+    p.add_argument("--model", required=True, help="hub id or local directory of the base model")
+    p.add_argument("--adapter", default=None, help="peft LoRA adapter directory (safetensors) to put on the model")
+    p.add_argument("--benchmarks", default="all", help="all, or comma-separated: mmmu,mathvista,mathvision,"
+                                                       "zerobench,wemath")
+    p.add_argument("--limit", type=int, default=None, help="first N items per split (a quick look)")
+    p.add_argument("--data-dir", default=None, help="offline: read DIR/<benchmark> written by "
+                                                    "DatasetDict.save_to_disk (hub split names)")
+    p.add_argument("--out", default="runs/benchmark", help="predictions (resumable), run.json, table2_row.*")
+    p.add_argument("--cache-dir", default=None, help="where splits are exported for the loaders "
+                                                     "(default ~/.cache/rlsd/benchmarks)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=4096, help="response budget (the paper: 4k)")
+    p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="pixel budget per image (lowered only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="default: bfloat16 (float16 on GPUs without bf16) on a GPU, float32 on CPU")
+    p.add_argument("--label", default=None, help="row name in the table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=cmd_benchmark)
 
     # key=value overrides may sit anywhere among the options; argparse hands the late ones back as unknown.
     args, unknown = parser.parse_known_args(argv)

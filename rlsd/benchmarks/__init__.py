@@ -29,7 +29,11 @@ same pipeline run, and be checked against ``rlsd.evaluate``, without a GPU or be
 Generation (``generate_responses``, in ``generate.py``) uses the project's HF engine.  The paper's published
 Table 2 numbers are in ``paper.py`` (``PAPER_TABLE2``), with writers for side-by-side tables.
 
-No file is downloaded: every loader reads a local directory.  When the image files are absent (annotation-only
+From the hub: ``load_hub_items(name)`` (``hub.py``) loads the five benchmarks with the ``datasets`` library (or a
+``save_to_disk`` copy, ``data_dir=``) into the same items; ``python -m rlsd benchmark`` (``run.py``,
+``run_benchmarks``) generates resumably and writes one Table-2 row with 95% intervals.
+
+``load_benchmark`` downloads nothing: every local loader reads a local directory.  When the image files are absent (annotation-only
 checkouts such as ``/work/shared/benchmarks``) the loaders still work, set ``item.images_missing`` and log one
 warning, so that responses produced elsewhere can be scored; ``generate_responses`` refuses such items by name.
 """
@@ -42,15 +46,16 @@ from typing import Mapping, Sequence
 from . import mathvision, mathvista, mmmu, testbed, wemath, zerobench
 from .common import BenchmarkFormatError, BenchmarkItem
 from .generate import ImagesMissingError, check_generatable, generate_responses, run_benchmark
+from .hub import HUB_SOURCES, BenchmarkDataError, load_hub_items
 from .paper import PAPER_BENCHMARKS, PAPER_TABLE2, paper_table2_rows, table2_rows, write_table
 
 BENCHMARKS = {module.NAME: module for module in (mmmu, mathvista, mathvision, zerobench, wemath, testbed)}
 PAPER_NAMES = ("mmmu", "mathvista", "mathvision", "zerobench", "wemath")
 """The five benchmarks of the paper's Table 2, in its column order (``BENCHMARKS`` also holds ``testbed``)."""
 
-__all__ = ["BENCHMARKS", "BenchmarkFormatError", "BenchmarkItem", "ImagesMissingError", "PAPER_BENCHMARKS",
+__all__ = ["BENCHMARKS", "HUB_SOURCES", "BenchmarkDataError", "BenchmarkFormatError", "BenchmarkItem", "ImagesMissingError", "PAPER_BENCHMARKS",
            "PAPER_NAMES", "PAPER_TABLE2", "answer_as_response", "build_messages", "check_generatable",
-           "generate_responses", "load_benchmark", "paper_table2_rows", "run_benchmark", "score_responses",
+           "generate_responses", "load_benchmark", "load_hub_items", "paper_table2_rows", "run_benchmark", "score_responses",
            "table2_rows", "write_table"]
 
 
