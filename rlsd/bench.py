@@ -8,6 +8,9 @@ batch under the teacher prompt. We report
     rlsd_over_grpo              RLSD step time / GRPO step time (rollout + update)
     rlsd_overhead_over_forward  (RLSD step - GRPO step) / one no-grad forward of the batch  (target <= 1.1)
 
+The unit forward runs every row's prompt + response (unshared); `no_grad_forward_shared_s` is the same forward with
+each group's prompt run once (`rlsd.scoring.SHARE_PROMPTS`, which the trainer uses).
+
 Methods are timed in alternating order over `repeats` rounds (medians reported), so drift in machine speed hits all
 methods alike. The rollout is generated once and shared: its time is the same for every method by construction.
 """
@@ -15,11 +18,13 @@ methods alike. The rollout is generated once and shared: its time is the same fo
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 
 from rlsd.config import METHODS, make_config
 from rlsd.inputs import row_chunks
+from rlsd import scoring
 from rlsd.scoring import score_responses
 
 
@@ -28,7 +33,9 @@ def _median(xs):
 
 
 def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeats: int = 5,
-              methods=METHODS) -> dict:
+              methods=METHODS, compare_sharing: bool = False) -> dict:
+    """The phase split and ratios above; `compare_sharing` also times every method with prompts unshared
+    (alternating with the shared runs), reported under keys ending in `_unshared` (or `_shared`)."""
     from rlsd.trainer import StepBatch, Trainer, clock
 
     trainers = {}
@@ -45,45 +52,60 @@ def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeat
         rollout_times.append(clock() - t0)
     base = batches[0]
 
-    # One no-grad forward of the batch (the unit of the paper's "one extra forward").
-    # Chunked as the trainer chunks its teacher pass (`score_batch_size`), so the unit and the overhead compare.
-    forward_times = []
-    for _ in range(repeats):
-        t0 = clock()
-        with torch.no_grad():
-            for rows in row_chunks(base.rewards_N.numel(), first.cfg.score_batch_size):
-                score_responses(first.policy, base.student.select(rows), base.rollout.response_ids_BT[rows],
-                                base.rollout.response_mask_BT[rows], first.suppress_V, with_entropy=False)
-        forward_times.append(clock() - t0)
-
-    phases = {m: {"teacher_s": [], "update_s": [], "total_update_s": []} for m in methods}
+    # One no-grad forward of the batch (the unit of the paper's "one extra forward"): every row's prompt + response,
+    # unshared, so the unit does not shrink when the trainer shares prompts. Chunked as the trainer chunks its
+    # teacher pass (`score_batch_size`), so the unit and the overhead compare. The shared-prompt forward is timed too.
+    forward_times, shared_forward_times = [], []
     for r in range(repeats):
-        order = list(methods) if r % 2 == 0 else list(reversed(methods))
-        for method in order:
-            trainer = trainers[method]
-            teacher = trainer.teacher_prompts(base.problems, base.responses, base.rewards_N)
-            batch = StepBatch(base.problems, base.student, base.rollout, base.responses, base.rewards_N, base.adv_N,
-                              teacher)
+        for share in ((False, True) if r % 2 == 0 else (True, False)):
             t0 = clock()
-            stats = trainer.update(batch)
-            total = clock() - t0
-            phases[method]["teacher_s"].append(stats["teacher_s"])
-            phases[method]["update_s"].append(total - stats["teacher_s"])
-            phases[method]["total_update_s"].append(total)
+            with torch.no_grad():
+                for rows in row_chunks(base.rewards_N.numel(), first.cfg.score_batch_size):
+                    score_responses(first.policy, base.student.select(rows), base.rollout.response_ids_BT[rows],
+                                    base.rollout.response_mask_BT[rows], first.suppress_V, with_entropy=False,
+                                    share_prompts=share)
+            (shared_forward_times if share else forward_times).append(clock() - t0)
+
+    # compare_sharing: every method also with prompts unshared, alternating, to measure what sharing saves.
+    modes = (True, False) if compare_sharing else (scoring.SHARE_PROMPTS,)
+    phases = {(m, share): {"teacher_s": [], "update_s": [], "total_update_s": []} for m in methods for share in modes}
+    default_share = scoring.SHARE_PROMPTS
+    try:
+        for r in range(repeats):
+            order = [(m, share) for m in methods for share in modes]
+            for method, share in (order if r % 2 == 0 else list(reversed(order))):
+                scoring.SHARE_PROMPTS = share
+                trainer = trainers[method]
+                teacher = trainer.teacher_prompts(base.problems, base.responses, base.rewards_N)
+                batch = StepBatch(base.problems, base.student, base.rollout, base.responses, base.rewards_N,
+                                  base.adv_N, teacher)
+                t0 = clock()
+                stats = trainer.update(batch)
+                total = clock() - t0
+                phases[method, share]["teacher_s"].append(stats["teacher_s"])
+                phases[method, share]["update_s"].append(total - stats["teacher_s"])
+                phases[method, share]["total_update_s"].append(total)
+    finally:
+        scoring.SHARE_PROMPTS = default_share
 
     rollout_s, forward_s = _median(rollout_times), _median(forward_times)
     result = {"profile": profile, "repeats": repeats, "batch": {
         "responses": int(base.rewards_N.numel()), "response_tokens": int(base.rollout.response_mask_BT.sum()),
         "prompt_tokens": int(base.student.attention_mask_BP.sum())},
-        "rollout_s": rollout_s, "no_grad_forward_s": forward_s, "methods": {}}
-    for method in methods:
-        upd = _median(phases[method]["total_update_s"])
-        result["methods"][method] = {"rollout_s": rollout_s, "teacher_s": _median(phases[method]["teacher_s"]),
-                                     "update_s": _median(phases[method]["update_s"]), "step_s": rollout_s + upd}
-    if "rlsd" in methods and "grpo" in methods:
-        rlsd, grpo = result["methods"]["rlsd"]["step_s"], result["methods"]["grpo"]["step_s"]
-        result["rlsd_over_grpo"] = rlsd / grpo
-        result["rlsd_overhead_over_forward"] = (rlsd - grpo) / forward_s
+        "rollout_s": rollout_s, "no_grad_forward_s": forward_s,
+        "no_grad_forward_shared_s": _median(shared_forward_times), "share_prompts": default_share}
+    for share in modes:
+        key = "" if share == default_share else ("_shared" if share else "_unshared")
+        per_method = result["methods" + key] = {}
+        for method in methods:
+            ph = phases[method, share]
+            per_method[method] = {"rollout_s": rollout_s, "teacher_s": _median(ph["teacher_s"]),
+                                  "update_s": _median(ph["update_s"]),
+                                  "step_s": rollout_s + _median(ph["total_update_s"])}
+        if "rlsd" in methods and "grpo" in methods:
+            rlsd, grpo = per_method["rlsd"]["step_s"], per_method["grpo"]["step_s"]
+            result["rlsd_over_grpo" + key] = rlsd / grpo
+            result["rlsd_overhead_over_forward" + key] = (rlsd - grpo) / forward_s
     return result
 
 
@@ -112,3 +134,93 @@ def peer_batch(anchor_script: str, out_dir: str, n: int = 64, seed: int = 0) -> 
             f.write(json.dumps({"id": str(i), "question": question, "answer": str(row["answer"]),
                                 "image": str(image_path)}) + "\n")
     return [f"data={out / 'peer.jsonl'}", "format_instruction=false", f"n_train_problems={n}"]
+
+
+# ------------------------------------------------------------------------------------------ scoring memory
+
+
+def _rss_peak_reset():
+    """Reset this process's peak resident set (Linux: VmHWM) so the next reading measures what follows."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def scoring_memory(path: str = "chunked", vocab_size: int = 151_936, rows: int = 2, tokens: int = 1024,
+                   share_prompts: bool = False) -> dict:
+    """Peak host memory (MB) of scoring + backward of `rows` × `tokens` response tokens on the tiny CPU model with a
+    `vocab_size` vocabulary, over the memory held before scoring (model, its gradients' first allocation excluded).
+
+    path: "chunked" (`score_responses`) or "reference" (full float32 logits, `reference_scores`). Run each in a fresh
+    process (`memory_report` does) so one path's freed pages do not lower the other's reading. Linux only.
+    """
+    import gc
+
+    from PIL import Image
+
+    from rlsd.inputs import encode_prompts
+    from rlsd.prompts import student_messages
+    from rlsd.scoring import reference_scores, suppress_mask, suppressed_token_ids
+    from rlsd.tiny import build_processor, build_tiny_model
+
+    torch.manual_seed(0)
+    processor = build_processor()
+    tok = processor.tokenizer
+    model = build_tiny_model(tok, seed=0, vocab_size=vocab_size)
+    model.train()
+    suppress_V = suppress_mask(suppressed_token_ids(tok, vocab_size), vocab_size)
+    prompts = encode_prompts(processor, [student_messages("How many red squares are there?")],
+                             [[Image.new("RGB", (96, 96), (220, 30, 30))]]).repeat(rows)
+    allowed_A = (~suppress_V).nonzero().squeeze(-1)
+    ids_BT = allowed_A[torch.randint(len(allowed_A), (rows, tokens))]
+    mask_BT = torch.ones_like(ids_BT)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model_mb = sum(p.numel() * p.element_size() for p in params) / 2**20
+    for p in params:  # gradients are the model's own memory too: allocate them before the baseline
+        p.grad = torch.zeros_like(p)
+    gc.collect()
+    base_mb = _rss_mb("VmRSS")
+    _rss_peak_reset()
+    t0 = time.perf_counter()
+    if path == "reference":
+        logp_BT, entropy_BT, _ = reference_scores(model, prompts, ids_BT, mask_BT, suppress_V)
+    elif path == "chunked":
+        s = score_responses(model, prompts, ids_BT, mask_BT, suppress_V, share_prompts=share_prompts)
+        logp_BT, entropy_BT = s.logp_BT, s.entropy_BT
+    else:
+        raise ValueError(f"path must be 'chunked' or 'reference', got {path!r}")
+    logp_BT.sum().backward()
+    seconds = time.perf_counter() - t0
+    peak_mb = _rss_mb("VmHWM")
+    return {"path": path, "vocab_size": vocab_size, "rows": rows, "tokens": tokens, "model_params_mb": model_mb,
+            "baseline_rss_mb": base_mb, "peak_rss_mb": peak_mb, "peak_over_baseline_mb": peak_mb - base_mb,
+            "seconds": seconds, "entropy_mean": float(entropy_BT.detach().mean())}
+
+
+def memory_report(paths=("reference", "chunked"), **kwargs) -> list[dict]:
+    """`scoring_memory` of each path, each in its own fresh Python process."""
+    import json
+    import subprocess
+    import sys
+
+    results = []
+    for path in paths:
+        code = ("import json, sys; from rlsd.bench import scoring_memory; "
+                f"print(json.dumps(scoring_memory({path!r}, **json.loads(sys.argv[1]))))")
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True, text=True,
+                              check=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+if __name__ == "__main__":  # python -m rlsd.bench: the scoring-memory benchmark
+    import json
+
+    print(json.dumps(memory_report(), indent=2))
