@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from rapidfuzz.distance import Levenshtein as _rapidfuzz_levenshtein
+
 logger = logging.getLogger("rlsd.benchmarks")
 
 
@@ -208,16 +210,13 @@ def letters(n: int) -> list[str]:
 
 
 def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions all cost 1); O(len(a)*len(b)) time, O(len(b)) memory."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, start=1):
-        current = [i]
-        for j, char_b in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
-        previous = current
-    return previous[-1]
+    """Edit distance (insertions, deletions, substitutions all cost 1).
+
+    rapidfuzz's C implementation (bit-parallel, about O(len(a) * len(b) / 64)), the algorithm behind the
+    ``Levenshtein.distance`` that MathVista's official scorer calls: a 100k-character response against a
+    choice takes milliseconds, where a pure-Python table took seconds.
+    """
+    return _rapidfuzz_levenshtein.distance(a, b)
 
 
 def accuracy(flags: Iterable[bool]) -> float:

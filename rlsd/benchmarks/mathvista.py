@@ -118,23 +118,53 @@ def load(root: Path, split: str | None = None, image_root: Path | None = None, i
 # Extraction
 # ---------------------------------------------------------------------------
 
-_QUICK_RE = re.compile(r'The answer is "(.*)"\.')
-_ANSWER_PHRASE_RE = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE)
-_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_QUICK_RE = re.compile(r'The answer is "(.*)"\.')  # the official pattern; ``quick_match`` computes it linearly
+_QUICK_OPEN, _QUICK_CLOSE = 'The answer is "', '".'
+# "\s*(?::\s*)?" matches what "\s*:?\s*" does, with the same preference, but cannot split one whitespace run
+# between two \s* in quadratically many ways before failing (e.g. "answer is" + 100k newlines).
+_ANSWER_PHRASE_RE = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:)\s*(?::\s*)?(.+)", re.IGNORECASE)
+# Optional e-notation, so "1e3" reads as 1000 (as float() and a GPT extractor would), not as "3".
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?|-?\.\d+(?:[eE][+-]?\d+)?")
 _LIST_RE = re.compile(r"\[\s*(-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)*)\s*\]")
 _TRAILING_LETTER_RE = re.compile(r"(?:\(([A-Z])\)|\b([A-Z])\b)[\s.)*]*$")
 
 
 def _as_int(text: str) -> int | None:
-    text = text.strip()
-    return int(text) if re.fullmatch(r"[+-]?\d+", text) else None
+    """``int(text)`` or None on any failure, as the official ``try: int(response) except Exception``.
+
+    Python refuses to convert more than 4300 digits (ValueError), which is caught here like any other failure,
+    so a 5000-digit response falls through to the next extraction step as it does officially.
+    """
+    try:
+        return int(text)
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def _as_float(text: str) -> float | None:
     try:
         return float(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return None
+
+
+def quick_match(response: str) -> str | None:
+    """``re.search(r'The answer is "(.*)"\\.', response).group(1)`` or None, in linear time.
+
+    ``.`` does not match a newline, so the match lies within one line: the first line on which some
+    ``The answer is "`` is followed by a ``".``; the group starts after that line's first opening phrase and
+    ends at the line's last ``".`` (the greedy ``.*``).  The regex itself rescans the line from every opening
+    phrase, quadratic when a long line repeats the phrase without a closing quote.
+    """
+    for line in response.split("\n"):
+        start = line.find(_QUICK_OPEN)
+        if start < 0:
+            continue
+        begin = start + len(_QUICK_OPEN)
+        end = line.rfind(_QUICK_CLOSE)
+        if end >= begin:
+            return line[begin:end]
+    return None
 
 
 def _clean_candidate(text: str) -> str:
@@ -148,9 +178,11 @@ def rule_extract(item: BenchmarkItem, response: str) -> str:
     """Deterministic stand-in for the GPT extractor (see the module docstring)."""
     candidate = tagged_or_boxed_answer(response)
     if candidate is None:
-        matches = list(_ANSWER_PHRASE_RE.finditer(response))
-        if matches:
-            candidate = matches[-1].group(1).split("\n")[0]
+        last = None
+        for last in _ANSWER_PHRASE_RE.finditer(response):
+            pass
+        if last is not None:
+            candidate = last.group(1)
     if candidate is not None:
         candidate = _clean_candidate(candidate)
     if item.meta["question_type"] == "multi_choice":
@@ -191,9 +223,9 @@ def extract(item: BenchmarkItem, response: str, *, quick_extract: bool = True, f
     if item.answer_type == "float" and _as_float(response) is not None:
         return str(_as_float(response))
     if quick_extract:
-        match = _QUICK_RE.search(response)
-        if match:
-            return match.group(1)
+        quick = quick_match(response)
+        if quick is not None:
+            return quick
     if fallback == "rules":
         return rule_extract(item, response)
     if fallback == "none":
@@ -207,7 +239,7 @@ def most_similar(text: str, choices: list[str]) -> str:
 
 
 def normalize(item: BenchmarkItem, extraction) -> str | None:
-    """The official ``normalize_extracted_answer``."""
+    """The official ``normalize_extracted_answer`` (any failure gives None, as the official ``except Exception``)."""
     if item.meta["question_type"] == "multi_choice":
         text = extraction.strip() if isinstance(extraction, str) else str(extraction)
         bracketed = re.findall(r"\(([a-zA-Z])\)", text)
@@ -224,7 +256,7 @@ def normalize(item: BenchmarkItem, extraction) -> str | None:
             return str(round(float(extraction), int(item.meta["precision"])))
         if item.answer_type == "list":
             return str(extraction)
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, ArithmeticError):
         return None
     return str(extraction)
 

@@ -228,9 +228,15 @@ def parse_multi_choice(response: str, all_choices: list[str], index2ans: dict[st
     return max(candidates, key=position)  # latest last occurrence; ties keep the earlier candidate
 
 
+# The official patterns, each with one addition that changes no match but keeps findall linear: a match may
+# not start at a digit that follows a digit, i.e. inside a digit run ((?<!\d) after the optional "-").  Such a
+# start can never succeed when the start at the head of the run failed (its greedy \d+ reaches the same run
+# end), yet the official patterns retry it from every digit, which is quadratic on a 100k-digit run.  The
+# integer alternative of the simple pattern ends in \b, as official: a number glued to a unit ("5kg") yields
+# no plain number, while "5.5kg" does.
 _NUMBER_WITH_COMMAS = re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b")
-_NUMBER_SCIENTIFIC = re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+")
-_NUMBER_SIMPLE = re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+)(?![eE][+-]?\d+)(?![,\d])")
+_NUMBER_SCIENTIFIC = re.compile(r"-?(?<!\d)\d+(?:\.\d+)?[eE][+-]?\d+")
+_NUMBER_SIMPLE = re.compile(r"-?(?:(?<!\d)\d+\.\d+|\.\d+|(?<!\d)\d+\b)(?![eE][+-]?\d+)(?![,\d])")
 _INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
 
 
@@ -259,33 +265,37 @@ def normalize_answer(text: str) -> list:
     return [" " + text, text + " "] if len(text) == 1 else [text]
 
 
+_TRIVIAL_KEYS = (":", ",", ".", "!", "?", ";", "'")
+
+
 def _key_subresponses(response: str) -> list[str]:
+    """The official ``get_key_subresponses``: per piece, the shortest tail after an indicator word."""
     response = response.strip().strip(".").lower()
     pieces = re.split(r"\.\s(?=[A-Z])|\n", response)  # after lower(): only newlines split (kept as official)
     keys = []
     for index, piece in enumerate(pieces):
         indicators = _INDICATORS + (("=",) if index == len(pieces) - 1 else ())
-        tails = [piece.split(ind)[-1].strip() for ind in indicators if ind in piece]
-        tails = [t for t in tails if t]
-        if tails:
-            shortest = min(tails, key=len)
-            if shortest not in (":", ",", ".", "!", "?", ";", "'"):
-                keys.append(shortest)
+        shortest = None
+        for indicator in indicators:
+            if indicator in piece:
+                tail = piece.rpartition(indicator)[2].strip()  # == split(indicator)[-1]
+                # As official: an empty first tail is replaced by the next one found, and an empty
+                # shortest tail (also one found after a non-empty one) yields no key for the piece.
+                if not shortest or len(tail) < len(shortest):
+                    shortest = tail
+        if shortest and shortest.strip() not in _TRIVIAL_KEYS:
+            keys.append(shortest)
     return keys or [response]
 
 
 def parse_open(response: str) -> list:
-    """Normalised candidate answers of an open-question response (strings and floats)."""
+    """Normalised candidate answers of an open-question response (strings and floats), duplicates removed."""
     keys = _key_subresponses(response)
     candidates = list(keys)
     for key in keys:
         candidates.extend(extract_numbers(key))
-    normalised = []
-    for candidate in candidates:
-        for value in normalize_answer(candidate):
-            if value not in normalised:
-                normalised.append(value)
-    return normalised
+    # dict keys: linear de-duplication in first-seen order (the official set() is order-free; eval_open is too)
+    return list(dict.fromkeys(value for candidate in candidates for value in normalize_answer(candidate)))
 
 
 def eval_open(gold, predictions: list) -> bool:

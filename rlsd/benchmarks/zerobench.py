@@ -80,9 +80,26 @@ def load(root: Path, split: str | None = None, image_root: Path | None = None,
 
 
 def extract(response: str) -> str:
-    """The last ``{...}`` of the lower-cased response, or ""."""
-    matches = _BRACES_RE.findall(response.strip().lower())
-    return matches[-1] if matches else ""
+    """The last ``{...}`` of the lower-cased response, or "".
+
+    The same result as the protocol's ``re.findall(r"\\{(.*?)\\}", text)[-1]`` (``_BRACES_RE``), computed in
+    one linear pass: that regex rescans to the end of the line from every unclosed "{", which is quadratic on
+    e.g. 100k unclosed braces.  Per line (``.`` does not match a newline), a match runs from a "{" to the
+    first "}" after it, and the scan resumes after that "}"; a "{" without a later "}" on its line ends the
+    line's matches (every later "{" on it lacks one too).
+    """
+    if not isinstance(response, str):
+        return ""
+    last = None
+    for line in response.strip().lower().split("\n"):
+        position = line.find("{")
+        while position >= 0:
+            close = line.find("}", position + 1)
+            if close < 0:
+                break
+            last = line[position + 1 : close]
+            position = line.find("{", close + 1)
+    return last if last is not None else ""
 
 
 def score(items: list[BenchmarkItem], responses: list[str], *, match: str = "exact", **_) -> tuple[list[dict], dict]:
