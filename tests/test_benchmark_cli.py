@@ -9,6 +9,7 @@ PIL images, laid out as ``load_dataset`` returns them and saved with ``DatasetDi
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import subprocess
@@ -343,6 +344,42 @@ def test_data_dir_problems_are_one_line_errors(tmp_path):
         load_hub_items("mmmu", "dev", data_dir=tmp_path)
 
 
+def test_hub_path_fetches_only_the_scored_split(data_dir, tmp_path, monkeypatch):
+    """The hub call itself, on a local folder laid out as the AI4Math/MathVista repo (data/<split>-*.parquet)."""
+    from rlsd.benchmarks import hub
+
+    splits = datasets.load_from_disk(str(data_dir / "mathvista"))
+    repo = tmp_path / "AI4Math-MathVista"
+    splits["testmini"].to_parquet(str(repo / "data" / "testmini-00000-of-00001.parquet"))
+    splits["testmini"].select([0]).to_parquet(str(repo / "data" / "test-00000-of-00001.parquet"))
+    monkeypatch.setitem(hub.HUB_SOURCES, "mathvista", dataclasses.replace(HUB_SOURCES["mathvista"], repo=str(repo)))
+    calls = []
+    real_load = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or real_load(*a, **k))
+    items = load_hub_items("mathvista", cache_dir=tmp_path / "cache")
+    assert [item.id for item in items] == MATHVISTA_PIDS and not any(item.images_missing for item in items)
+    assert calls == [((str(repo),), {"data_files": {"testmini": "data/testmini-*.parquet"}, "split": "testmini"})]
+
+
+def test_hub_path_falls_back_to_the_config_when_the_layout_changed(tmp_path, monkeypatch):
+    from datasets.exceptions import DataFilesNotFoundError
+
+    calls = []
+
+    def fake_load(*args, **kwargs):
+        calls.append((args, kwargs))
+        if "data_files" in kwargs:
+            raise DataFilesNotFoundError("No (supported) data files found")
+        raise ConnectionError("stop here")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    with pytest.raises(BenchmarkDataError, match="MMMU/MMMU config Accounting.*ConnectionError: stop here"):
+        load_hub_items("mmmu", cache_dir=tmp_path)
+    assert calls == [(("MMMU/MMMU",), {"data_files": {"validation": "Accounting/validation-*.parquet"},
+                                       "split": "validation"}),
+                     (("MMMU/MMMU", "Accounting"), {"split": "validation"})]
+
+
 def test_offline_without_data_dir_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -394,7 +431,7 @@ def test_wemath_group_scores_average_to_score_strict():
 
 
 def test_mean_interval():
-    assert mean_interval([]) is None and mean_interval([1.0]) == [1.0, 1.0]
+    assert mean_interval([]) is None and mean_interval([1.0]) is None and mean_interval([1.0, 1.0]) == [1.0, 1.0]
     low, high = mean_interval([0.0, 1.0] * 50)
     assert low == pytest.approx(0.5 - 1.96 * (100 / 99 * 0.25) ** 0.5 / 10) and high == pytest.approx(1 - low)
 
@@ -435,8 +472,9 @@ def test_adapter_must_be_a_safetensors_peft_folder(tmp_path):
 
 
 def tiny_config(data_dir, cache_dir, out, **changes) -> BenchmarkRunConfig:
+    options = dict(limit=2, batch_size=2, max_new_tokens=4, progress=False) | changes
     return BenchmarkRunConfig(model=str(TINY_SFT), data_dir=str(data_dir), cache_dir=str(cache_dir), out=str(out),
-                              limit=2, batch_size=2, max_new_tokens=4, progress=False, **changes)
+                              **options)
 
 
 @needs_tiny
@@ -452,9 +490,11 @@ def test_end_to_end_row_and_resume(data_dir, cache_dir, tmp_path, monkeypatch):
     assert list(first["row"]) == ["Method", "MMMU", "MathVista", "MathVision", "ZeroBench", "WeMath", "Avg."]
     for name, entry in first["benchmarks"].items():
         assert entry["n_scored"] == (3 if name == "wemath" else 2) and entry["limited"]
-        assert entry["score"] is not None and 0.0 <= entry["ci95"][0] <= entry["score"] <= entry["ci95"][1] <= 1.0
         assert first["row"][entry["column"]] == pytest.approx(100 * entry["score"])
-    assert first["benchmarks"]["wemath"]["n_units"] == 1  # one problem group
+        if name != "wemath":
+            assert 0.0 <= entry["ci95"][0] <= entry["score"] <= entry["ci95"][1] <= 1.0 and entry["n_units"] == 2
+    wemath = first["benchmarks"]["wemath"]
+    assert wemath["n_units"] == 1 and wemath["ci95"] is None  # one problem group: no interval
     assert first["benchmarks"]["zerobench"]["also"]["zerobench"]["n_scored"] == 2
     assert first["benchmarks"]["mathvista"]["n_total"] == len(MATHVISTA_PIDS)
     assert first["benchmarks"]["mmmu"]["n_total"] is None  # not every subject was loaded

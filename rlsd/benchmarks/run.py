@@ -285,12 +285,13 @@ def wemath_group_scores(items: list[BenchmarkItem], correct: list[bool]) -> list
 
 
 def mean_interval(values: list[float], z: float = 1.96) -> list[float] | None:
-    """Normal-approximation 95% interval of a mean of values in [0, 1], clipped to [0, 1]."""
+    """Normal-approximation 95% interval of a mean of values in [0, 1], clipped to [0, 1]; None below 2 values
+    (one value says nothing about the spread)."""
     n = len(values)
-    if n == 0:
+    if n < 2:
         return None
     mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = z * sd / math.sqrt(n)
     return [max(0.0, mean - half), min(1.0, mean + half)]
 
@@ -445,8 +446,10 @@ def readable_table(result: dict) -> str:
             lines.append({
                 "Benchmark": entry["column"] + ("" if part is entry else f" ({part['split']})"),
                 "Split": part["split"], "Metric": part["metric"], "Score (%)": _pct(part["score"]),
-                "95% CI (%)": "" if ci is None else f"{_pct(ci[0])}–{_pct(ci[1])}",
-                "Items scored": part["n_scored"] if part["n_total"] is None else f"{part['n_scored']}/{part['n_total']}",
+                "95% CI (%)": "n/a" if ci is None else f"{_pct(ci[0])}–{_pct(ci[1])}",
+                "Items scored": (str(part["n_scored"]) if part["n_total"] is None else
+                                 f"{part['n_scored']}/{part['n_total']}")
+                                + (f" ({part['n_units']} groups)" if name == "wemath" else ""),
                 "Paper Base (%)": f"{entry['paper']['base']:.2f}" if part is entry else "",
                 "Paper RLSD (%)": f"{entry['paper']['rlsd']:.2f}" if part is entry else "",
             })
