@@ -398,8 +398,11 @@ def test_mathvision_items(real_items):
 
 def test_mathvision_numeric_evaluator_is_safe():
     assert mathvision.numeric_value("__import__('os').system('x')") is None
-    assert mathvision.numeric_value("3^{1008}") is None          # exponent guard
-    assert mathvision.numeric_value("10^{400}") is None          # overflow
+    assert mathvision.numeric_value("3^{1008}") == 3 ** 1008     # exact, as the official eval of sympy's int
+    assert mathvision.numeric_value("10^{400}") == 10 ** 400
+    assert mathvision.numeric_value("2^{100000}") is None         # size guard (> 16384 bits)
+    assert mathvision.numeric_value("\\frac{10^{400}}{3}") is None  # beyond the float range (official: OverflowError)
+    assert mathvision.numeric_value("10^{10^{10}}") is None
     assert mathvision.numeric_value("\\sqrt{-4}") is None
     assert mathvision.numeric_value("\\frac{1}{0}") is None
     assert mathvision.numeric_value("(" * 100 + "1" + ")" * 100) is None  # depth guard

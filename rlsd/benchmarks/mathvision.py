@@ -14,18 +14,26 @@ Protocol (paraphrased from ``evaluation/evaluate.py`` and ``evaluation/utils.py`
 * extraction (``extract``): trailing `` X.`` / `` (X).`` or leading ``X\\n`` letters; a number after the last
   "is "; the "the answer is"-style phrases when there is no box; the last of several boxes.  Then
   ``find_math_answer`` cleaning (last box, text after the last ``=``/``\\approx``, spaces/``\\text``/
-  ``\\left``/degrees/``$``/``%``/some units removed, ``\\frac``/``\\sqrt`` repaired, ``0.5`` -> ``\\frac{1}{2}``,
-  ``a/b`` -> ``\\frac{a}{b}``, ``(a)`` -> ``a``, trailing "." and leading ":" stripped).
+  ``\\left``/``^\\circ``/``$``/``\\%``/some units removed, ``\\frac``/``\\sqrt`` repaired, ``0.5`` -> ``\\frac{1}{2}``,
+  ``a/b`` -> ``\\frac{a}{b}``, ``(a)`` -> ``a``, trailing "." and leading ":" stripped).  A bare ``%`` or ``°`` is
+  kept, as official.
 * ``is_equal(gold, pred)``: lower-case; empty -> False; exact -> True; tuples element-wise; otherwise the
-  official code parses both sides with ``latex2sympy`` and compares values rounded to 2 decimals.  **Here
-  ``latex2sympy`` is replaced** by (1) the same cleaning applied to the gold as well, except the split at
-  ``=`` (28 free-form golds carry ``$...$`` or ``\\boxed{}`` wrappers), (2) a small exact evaluator for numeric
-  LaTeX (numbers, + - * / ^, ``\\frac``, ``\\sqrt``, ``\\pi``, brackets) compared after rounding to 2
-  decimals, and (3) math-verify (time-bounded, via ``rlsd.verifier``) for anything symbolic.  Cheap shortcuts
-  decide without parsing: a plain word (letters only) never equals a number, and two different plain words of
-  3+ letters are unequal.  An MC item is correct if the prediction is the gold letter (compared as a letter,
-  where the official code runs ``is_equal`` on it) or ``is_equal(gold option text, pred)``; a prediction that is
-  another single letter is compared with the option text by string only.
+  official code evaluates both sides with ``eval(str(latex2sympy(x)))`` and compares them rounded to 2
+  decimals.  **Here ``latex2sympy`` is replaced** by (1) the same cleaning applied to the gold as well, except
+  the split at ``=`` (28 free-form golds carry ``$...$`` or ``\\boxed{}`` wrappers), a gold's ``\\%`` meaning
+  /100 as in latex2sympy; (2) a small exact evaluator for numeric LaTeX (numbers, + - * / ^, ``\\frac``,
+  ``\\sqrt``, ``\\pi``, brackets) with the official's number semantics: integers exact however large
+  (``2^{60}`` is not ``2^{60}+1``), rationals as floats, so ``\\frac{3^{1008}-1}{3^{1009}}`` rounds to 0.33;
+  (3) a number never equals an expression with a free letter or a bare ``%``/``°`` (``5cm``, ``50%``,
+  ``x+1``): latex2sympy makes those symbols and the official eval fails; (4) math-verify (time-bounded, via
+  ``rlsd.verifier``) for the rest, where it is MORE lenient than the official code: the official eval can
+  never equate two symbolic expressions (``x+1`` vs ``1+x`` is False there, True here).  Two different plain
+  words of 3+ letters are unequal without parsing.  Checked against the official code (latex2sympy2 1.9.1) on
+  3000 predictions built from the real free-form golds (gold, gold + unit, %, °, "+1", ...): 6 verdicts
+  differ, from the gold cleaning in (1) and raw-file quirks.  An MC item is correct if the prediction is the
+  gold letter (compared as a letter, where the official code runs ``is_equal`` on it) or
+  ``is_equal(gold option text, pred)``; a prediction that is another single letter is compared with the
+  option text by string only.
 * score: accuracy overall, per level, per subject and per subject x level.
 """
 
@@ -33,6 +41,8 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 from .common import (BenchmarkFormatError, BenchmarkItem, accuracy, breakdown, flag_missing_images, letters,
@@ -124,8 +134,10 @@ def extract(response: str) -> str:
     return answer
 
 
-_SIMPLE_REMOVALS = ("\\text", "\\mbox", "\\left", "\\right", "^{\\circ}", "^\\circ", "°", "{m}^3", "m^3", "{units}",
-                    "units", "{km}", "km", "\\!", "\\$", "$", "\\%", "%")
+# As official: "\\%" and "^\\circ" are removed, but a bare "%" or "°" is kept (latex2sympy cannot read them, so
+# "50%" or "45°" never equals the number 50 or 45 there; see ``has_symbols``).
+_SIMPLE_REMOVALS = ("\\text", "\\mbox", "\\left", "\\right", "^{\\circ}", "^\\circ", "{m}^3", "m^3", "{units}",
+                    "units", "{km}", "km", "\\!", "\\$", "$", "\\%")
 
 
 def _fix_sqrt(text: str) -> str:
@@ -175,17 +187,30 @@ def find_math_answer(text: str, split_equals: bool = True) -> str:
 # Numeric LaTeX evaluator (no eval; numbers, + - * / ^, \frac, \sqrt, \pi, brackets)
 # ---------------------------------------------------------------------------
 
-_TOKEN_RE = re.compile(r"\\frac|\\sqrt|\\pi|\\cdot|\\times|\\div|π|\d+(?:\.\d*)?|\.\d+|[-+*/^(){}\[\]]")
+# ``\\percent`` stands for a gold's "\\%" (see ``is_equal``); like latex2sympy, it divides the preceding atom by 100.
+_TOKEN_RE = re.compile(r"\\frac|\\sqrt|\\pi|\\cdot|\\times|\\div|\\percent|π|\d+(?:\.\d*)?|\.\d+|[-+*/^(){}\[\]]")
+_PERCENT = "\\percent"
 _MAX_DEPTH = 40
+# Exact integers/fractions are kept up to this many bits (~4900 digits), enough for golds such as
+# \frac{3^{1008}-1}{3^{1009}}; beyond it the expression is treated as not numeric.
+_MAX_BITS = 1 << 14
 
 
 class _NotNumeric(Exception):
     pass
 
 
-def numeric_value(text: str) -> float | None:
-    """The value of a purely numeric LaTeX expression, or None (symbols, units, overflow, complex, ...)."""
-    if not text or len(text) > 200:
+def numeric_value(text: str) -> int | float | None:
+    """The value of a purely numeric LaTeX expression, or None (symbols, units, overflow, complex, ...).
+
+    Mirrors what the official ``round(eval(str(latex2sympy(x))), 2)`` sees: rational arithmetic is exact
+    (sympy keeps ``3^{1008}`` as an integer and Python's ``eval`` of it is an exact int), so an integer
+    result is returned as an exact ``int`` and a non-integer rational as its correctly rounded ``float``
+    (``p/q`` evaluated by Python); irrational parts (``\\pi``, non-square roots) are floats.  A float beyond
+    the float range is not numeric (the official eval raises OverflowError there and scores False).  No
+    e-notation: after the official lower-casing, latex2sympy reads "1e5" as symbols, not as 100000.
+    """
+    if not isinstance(text, str) or not text or len(text) > 200:
         return None
     tokens, position = [], 0
     for match in _TOKEN_RE.finditer(text):
@@ -200,11 +225,62 @@ def numeric_value(text: str) -> float | None:
         value = parser.expression(0)
         if parser.index != len(tokens):
             return None
+        if isinstance(value, Fraction):
+            return value.numerator if value.denominator == 1 else float(value)
     except (_NotNumeric, ZeroDivisionError, OverflowError, ValueError, TypeError, IndexError):
         return None
     if isinstance(value, complex) or not math.isfinite(value):
         return None
     return value
+
+
+def _exact(value):
+    """``value``, checked to stay within ``_MAX_BITS`` when exact."""
+    if isinstance(value, Fraction) and max(value.numerator.bit_length(), value.denominator.bit_length()) > _MAX_BITS:
+        raise _NotNumeric()
+    if isinstance(value, complex):
+        raise _NotNumeric()
+    return value
+
+
+def _power(base, exponent):
+    """``base ** exponent``: exact for a rational base and an integer exponent, else float."""
+    if isinstance(exponent, Fraction) and exponent.denominator == 1 and isinstance(base, Fraction):
+        bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+        if abs(exponent.numerator) * max(bits - 1, 1) > _MAX_BITS:
+            raise _NotNumeric()
+        return _exact(base ** exponent.numerator)
+    if abs(float(exponent)) > 1000:
+        raise _NotNumeric()
+    return float(base) ** float(exponent)
+
+
+def _root(radicand, index):
+    """The ``index``-th root; exact when a rational radicand is a perfect power."""
+    if radicand < 0:
+        raise _NotNumeric()
+    if isinstance(radicand, Fraction) and isinstance(index, Fraction) and index.denominator == 1 and index > 0:
+        k = index.numerator
+        exact = [_integer_root(part, k) for part in (radicand.numerator, radicand.denominator)]
+        if None not in exact:
+            return Fraction(exact[0], exact[1])
+    return float(radicand) ** (1.0 / float(index))
+
+
+def _integer_root(n: int, k: int) -> int | None:
+    """The integer r with r**k == n, or None."""
+    if n < 2 or k == 1:
+        return n
+    if k == 2:
+        r = math.isqrt(n)
+    elif n.bit_length() < 1000:
+        r = int(round(n ** (1.0 / k)))
+    else:
+        return None
+    for candidate in (r - 1, r, r + 1):
+        if candidate >= 0 and candidate ** k == n:
+            return candidate
+    return None
 
 
 class _Parser:
@@ -221,66 +297,63 @@ class _Parser:
         self.index += 1
         return token
 
-    def expression(self, depth: int) -> float:
+    def expression(self, depth: int):
         if depth > _MAX_DEPTH:
             raise _NotNumeric()
         value = self.term(depth)
         while self._peek() in ("+", "-"):
-            value = value + self.term(depth) if self._take() == "+" else value - self.term(depth)
+            value = _exact(value + self.term(depth) if self._take() == "+" else value - self.term(depth))
         return value
 
-    def term(self, depth: int) -> float:
+    def term(self, depth: int):
         value = self.unary(depth)
         while True:
             token = self._peek()
             if token in ("*", "\\cdot", "\\times"):
                 self._take()
-                value *= self.unary(depth)
+                value = _exact(value * self.unary(depth))
             elif token in ("/", "\\div"):
                 self._take()
-                value /= self.unary(depth)
+                value = _exact(value / self.unary(depth))
             elif token is not None and (token[0].isdigit() or token in ("\\frac", "\\sqrt", "\\pi", "π", "(", "{")):
-                value *= self.power(depth)  # implicit multiplication: 2\sqrt{3}, 4\pi, 2(3)
+                value = _exact(value * self.power(depth))  # implicit multiplication: 2\sqrt{3}, 4\pi, 2(3)
             else:
                 return value
 
-    def unary(self, depth: int) -> float:
+    def unary(self, depth: int):
         if self._peek() in ("+", "-"):
-            sign = -1.0 if self._take() == "-" else 1.0
+            sign = -1 if self._take() == "-" else 1
             return sign * self.unary(depth + 1)
         return self.power(depth)
 
-    def power(self, depth: int) -> float:
+    def power(self, depth: int):
         base = self.atom(depth)
+        if self._peek() == _PERCENT:
+            self._take()
+            base = _exact(base / 100) if isinstance(base, Fraction) else base / 100
         if self._peek() == "^":
             self._take()
-            exponent = self.unary(depth + 1)
-            if abs(exponent) > 1000:
-                raise _NotNumeric()
-            return base ** exponent
+            return _power(base, self.unary(depth + 1))
         return base
 
-    def atom(self, depth: int) -> float:
+    def atom(self, depth: int):
         if depth > _MAX_DEPTH:
             raise _NotNumeric()
         token = self._take()
         if token[0].isdigit() or token[0] == ".":
-            return float(token)
+            return Fraction(Decimal(token))
         if token in ("\\pi", "π"):
             return math.pi
         if token == "\\frac":
             numerator = self.atom(depth + 1)
-            return numerator / self.atom(depth + 1)
+            return _exact(numerator / self.atom(depth + 1))
         if token == "\\sqrt":
-            index = 2.0
+            index = Fraction(2)
             if self._peek() == "[":
                 self._take()
                 index = self.expression(depth + 1)
                 self._take("]")
-            radicand = self.atom(depth + 1)
-            if radicand < 0:
-                raise _NotNumeric()
-            return radicand ** (1.0 / index)
+            return _root(self.atom(depth + 1), index)
         if token in ("(", "{"):
             value = self.expression(depth + 1)
             self._take(")" if token == "(" else "}")
@@ -293,26 +366,38 @@ class _Parser:
 # ---------------------------------------------------------------------------
 
 _WORD_RE = re.compile(r"[a-z]+")
-_CONSTANT_WORDS = {"e", "i", "pi", "inf", "infty", "oo"}
+
+
+_COMMAND_RE = re.compile(r"\\[a-z]+")
+_SYMBOL_RE = re.compile(r"[a-z%°]")
+
+
+def has_symbols(text: str) -> bool:
+    """True if ``text`` has a letter outside LaTeX command names, or a bare "%" or "°" (``5cm``, ``x+1``, ``50%``).
+
+    latex2sympy turns such letters into symbols (``5cm`` -> 5*c*m; also "e": "1e5" after lower-casing) and
+    cannot read a bare "%" or "°"; the official ``eval`` then raises and the comparison is False.  So a number
+    never equals a number with a unit glued to it, or an expression in variables (math-verify would strip the
+    unit and say True).
+    """
+    return _SYMBOL_RE.search(_COMMAND_RE.sub(" ", text)) is not None
 
 
 def _split_tuple(text: str) -> tuple[str, list[str]]:
-    """(bracket pair or "", top-level comma-separated parts)."""
+    """(bracket pair or "", top-level comma-separated parts); linear."""
     brackets = ""
     if len(text) >= 2 and text[0] in "([" and text[-1] in ")]":
         brackets, text = text[0] + text[-1], text[1:-1]
-    parts, depth, current = [], 0, ""
-    for char in text:
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
         if char in "([{":
             depth += 1
         elif char in ")]}":
             depth -= 1
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
+        elif char == "," and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
     return brackets, parts
 
 
@@ -323,7 +408,8 @@ def is_equal(gold: str, pred: str, verifier=None) -> bool:
         return False
     if g == p:
         return True
-    g, p = find_math_answer(g, split_equals=False), find_math_answer(p)
+    # The gold's "\\%" means /100 (latex2sympy: "$6 \\%$" is 0.06); a prediction's "\\%" is removed (official).
+    g, p = find_math_answer(g.replace("\\%", _PERCENT), split_equals=False), find_math_answer(p)
     if not g or not p:
         return False
     if g == p:
@@ -335,11 +421,10 @@ def is_equal(gold: str, pred: str, verifier=None) -> bool:
         return all(is_equal(a, b, verifier) for a, b in zip(g_parts, p_parts))
     g_value, p_value = numeric_value(g), numeric_value(p)
     if g_value is not None and p_value is not None:
-        return round(g_value, 2) == round(p_value, 2)
+        return round(g_value, 2) == round(p_value, 2)  # exact for integers, as the official eval of an int
+    if (g_value is not None and has_symbols(p)) or (p_value is not None and has_symbols(g)):
+        return False  # a number vs. a number with a unit glued on / a symbolic expression
     g_word, p_word = _WORD_RE.fullmatch(g), _WORD_RE.fullmatch(p)
-    if (g_value is not None and p_word and p not in _CONSTANT_WORDS) or (
-            p_value is not None and g_word and g not in _CONSTANT_WORDS):
-        return False  # a plain word is never a number
     if g_word and p_word and len(g) >= 3 and len(p) >= 3:
         return False  # two different words
     if verifier is None:
