@@ -127,6 +127,12 @@ def cmd_bench(args):
               f"overhead / forward = {result['rlsd_overhead_over_forward']:.2f}")
 
 
+def cmd_profiles(args):
+    from rlsd.memory import profile_table
+
+    print(profile_table())
+
+
 def cmd_evaluate(args):
     import torch
 
@@ -177,7 +183,8 @@ def main(argv=None):
 
     p = sub.add_parser("train", help="train with one method (any config field: key=value overrides)")
     p.add_argument("--method", choices=["grpo", "rlsd", "opsd", "sdpo", "grpo_opsd"], default=None)
-    p.add_argument("--profile", default="cpu", help="smoke | cpu | qwen3vl-2b | qwen3vl-8b")
+    p.add_argument("--profile", default="cpu",
+                   help="smoke | cpu | qwen3vl-{2b,8b}-{t4,l4,a100} (python -m rlsd profiles lists their memory)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default=None, help="run directory (default runs/<profile>/<method>-s<seed>)")
     p.add_argument("--help-config", action="store_true", help="list every config field with its docstring")
@@ -205,6 +212,9 @@ def main(argv=None):
     p = sub.add_parser("sft", help="train the tiny model's SFT warm start")
     add_dataclass_arguments(p, SFTConfig)
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("profiles", help="the GPU profiles and their estimated peak memory (Markdown table)")
+    p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("evaluate", help="evaluate a model directory on the testbed")
     p.add_argument("--model", default="data/tiny-sft", help="model directory")

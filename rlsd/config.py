@@ -32,9 +32,17 @@ class TrainConfig:
     model: ModelSpec = field(default_factory=lambda: ModelSpec(path=SHIPPED_TINY))
     """The policy: path or hub id, LoRA rank, 4-bit base, dtype, gradient checkpointing."""
     data: str = "testbed"
-    """'testbed' (synthetic, generated) or a path to an MMFineReason-style JSONL/parquet file."""
+    """'testbed' (synthetic, generated), a path to an MMFineReason-style JSONL/parquet file, or
+    hf:<dataset id>[:<split>[:<config>]] (a hub dataset, or a local hub-layout / save_to_disk directory), e.g.
+    hf:iieycx/rlsd-train-MMFineReason-123K (rlsd.data documents the column mapping)."""
     n_train_problems: int = 20000
     """Training problems drawn from `data` (testbed: the train split prefix)."""
+    data_split_seed: int = 0
+    """Order of a data file's rows: the first `eval_problems` usable rows are the held-out test slice, the next
+    `n_train_problems` the training set. Fixed across seeds, so every run is evaluated on the same rows."""
+    data_max_bad_fraction: float = 0.01
+    """A hub dataset's unusable rows (missing answer, unreadable image, ...) are skipped and counted; more than
+    this share of the rows examined fails the run at start."""
 
     # --- rollouts
     steps: int = 200
@@ -177,6 +185,15 @@ class TrainConfig:
             bad("eps_low", f"must be in (0, 1), got {self.eps_low}")
         if not self.eps_high > 0:
             bad("eps_high", f"must be > 0, got {self.eps_high}")
+        if not 0 <= self.data_max_bad_fraction < 1:
+            bad("data_max_bad_fraction", f"must be in [0, 1), got {self.data_max_bad_fraction}")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self.model, name, None)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                bad(f"model.{name}", f"must be a positive integer or null, got {value!r}")
+        if None not in (getattr(self.model, "min_pixels", None), getattr(self.model, "max_pixels", None)) and \
+                self.model.min_pixels > self.model.max_pixels:
+            bad("model.min_pixels", f"must be <= model.max_pixels, got {self.model.min_pixels} > {self.model.max_pixels}")
         if self.model.lora_alpha <= 0:
             bad("model.lora_alpha", f"must be > 0, got {self.model.lora_alpha}")
         if not 0 <= self.model.lora_dropout < 1:
@@ -234,21 +251,45 @@ PROFILES: dict[str, dict] = {
     "cpu": dict(model=dict(path=SHIPPED_TINY, freeze_vision=True), steps=100, prompts_per_step=8, group_size=8,
                 max_new_tokens=40, lr=1e-4, rlsd_decay_steps=50, teacher_sync_every=10, eval_every=20,
                 eval_problems=300, eval_max_new_tokens=40, save_every=20),
-    # Qwen3-VL-2B-Instruct on a 16 GB GPU (Colab T4/L4): LoRA r=16 on an NF4 base, gradient checkpointing.
-    "qwen3vl-2b": dict(model=dict(path="Qwen/Qwen3-VL-2B-Instruct", lora_rank=16, lora_alpha=32, load_in_4bit=True,
-                                  dtype="bfloat16", gradient_checkpointing=True),
-                       data="data/mmfinereason.jsonl", steps=100, prompts_per_step=8, group_size=8,
-                       max_new_tokens=1024, micro_batch_size=4, rollout_batch_size=32, score_batch_size=8, lr=1e-5,
-                       rlsd_decay_steps=50, eval_every=25,
-                       eval_problems=200, eval_max_new_tokens=1024, engine="vllm"),
-    # Qwen3-VL-8B-Instruct on one 40-80 GB GPU: LoRA r=32 on an NF4 base.
-    "qwen3vl-8b": dict(model=dict(path="Qwen/Qwen3-VL-8B-Instruct", lora_rank=32, lora_alpha=64, load_in_4bit=True,
-                                  dtype="bfloat16", gradient_checkpointing=True),
-                       data="data/mmfinereason.jsonl", steps=100, prompts_per_step=16, group_size=8,
-                       max_new_tokens=2048, micro_batch_size=4, rollout_batch_size=64, score_batch_size=8, lr=1e-5,
-                       rlsd_decay_steps=50, eval_every=25,
-                       eval_problems=200, eval_max_new_tokens=2048, engine="vllm"),
 }
+
+
+# GPU profiles: one per model size and GPU class, `qwen3vl-<size>-<gpu>`. What differs between classes is only what
+# memory forces (`rlsd.memory.estimate` gives each one's peak; the README's table is printed by
+# `python -m rlsd profiles`). All: LoRA on the language model, gradient checkpointing, the authors' image pixel range
+# (262,144-1,048,576 pixels: at most 1,024 visual tokens per image), the authors' training set from the hub.
+GPU_CLASSES = {
+    # name: (memory GB, dtype, rollout engine). T4: no bf16 (compute capability 7.5), and vLLM refuses it.
+    "t4": (16, "float16", "hf"),
+    "l4": (24, "bfloat16", "vllm"),  # also A10 / RTX 4090 / 3090
+    "a100": (80, "bfloat16", "vllm"),  # also H100; a 40 GB A100 runs the l4 profile with room to spare
+}
+GPU_SETTINGS = {
+    # (size, gpu): lora_rank, 4-bit base, prompts/step, max_new_tokens, micro_batch, rollout_batch, score_batch
+    ("2b", "t4"): (16, True, 4, 512, 2, 16, 4),
+    ("2b", "l4"): (16, True, 8, 1024, 4, 32, 8),
+    ("2b", "a100"): (32, False, 16, 2048, 8, 128, 16),
+    ("8b", "t4"): (16, True, 2, 512, 1, 8, 2),
+    ("8b", "l4"): (16, True, 4, 1024, 2, 16, 4),
+    ("8b", "a100"): (32, True, 16, 2048, 4, 64, 8),
+}
+MODEL_IDS = {"2b": "Qwen/Qwen3-VL-2B-Instruct", "8b": "Qwen/Qwen3-VL-8B-Instruct"}
+HUB_TRAIN_SET = "hf:iieycx/rlsd-train-MMFineReason-123K"
+
+
+def gpu_profile(size: str, gpu: str) -> dict:
+    rank, nf4, prompts, new_tokens, micro, rollout, score = GPU_SETTINGS[(size, gpu)]
+    _, dtype, engine = GPU_CLASSES[gpu]
+    return dict(model=dict(path=MODEL_IDS[size], lora_rank=rank, lora_alpha=2 * rank, load_in_4bit=nf4, dtype=dtype,
+                           gradient_checkpointing=True, min_pixels=262_144, max_pixels=1_048_576),
+                data=HUB_TRAIN_SET, steps=100, prompts_per_step=prompts, group_size=8, max_new_tokens=new_tokens,
+                micro_batch_size=micro, rollout_batch_size=rollout, score_batch_size=score, lr=1e-5,
+                rlsd_decay_steps=50, eval_every=25, eval_problems=200, eval_max_new_tokens=new_tokens, engine=engine)
+
+
+PROFILES.update({f"qwen3vl-{size}-{gpu}": gpu_profile(size, gpu) for size, gpu in GPU_SETTINGS})
+PROFILES["qwen3vl-2b"] = PROFILES["qwen3vl-2b-l4"]  # the names of earlier versions
+PROFILES["qwen3vl-8b"] = PROFILES["qwen3vl-8b-a100"]
 
 
 def apply_overrides(cfg, overrides: dict):

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from rlsd import algorithm as alg
 from rlsd import checkpoint as ckpt
 from rlsd.config import TrainConfig, resume_conflicts
-from rlsd.data import Problem, load_problems
+from rlsd.data import Problem, load_train_and_eval
 from rlsd.evaluate import evaluate
 from rlsd.inputs import PromptBatch, encode_prompts, row_chunks
 from rlsd.model import load_policy
@@ -70,14 +70,16 @@ NEEDS_LOGITS = {"opsd", "grpo_opsd", "sdpo"}
 
 
 def load_training_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Problem]]:
-    """(train, test) problems. The testbed generates both; a data file gives train, and test stays the testbed's."""
+    """(train, test) problems. The testbed generates both splits; a data file or `hf:` dataset gives a training set
+    and a held-out slice of `eval_problems` rows never trained on (the same rows for every seed: data_split_seed)."""
     from rlsd.testbed import load_splits
 
     if cfg.data == "testbed":
         train, _, test = load_splits(n_train=cfg.n_train_problems, n_val=None, n_test=cfg.eval_problems)
         return train, test
-    train = load_problems(cfg.data, limit=cfg.n_train_problems)
-    return train, []
+    n_eval = cfg.eval_problems if cfg.eval_every else 0
+    return load_train_and_eval(cfg.data, n_train=cfg.n_train_problems, n_eval=n_eval, seed=cfg.data_split_seed,
+                               max_bad_fraction=cfg.data_max_bad_fraction)
 
 
 def step_prompts(n_problems: int, step: int, seed: int, per_process: int, rank: int, world: int) -> list[int]:
@@ -154,6 +156,8 @@ class Trainer:
             if conflicts:
                 raise ValueError(f"{self.resume_dir}: this run directory holds a run with another configuration "
                                  f"({'; '.join(conflicts)}); resume with the same values or choose another --out")
+        # The data next (seconds; a bad row or an offline hub id is reported before the model loads).
+        self.train_problems, self.test_problems = load_training_problems(cfg)
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.progress = progress and self.acc.is_main_process
         torch.manual_seed(cfg.seed)
@@ -175,7 +179,6 @@ class Trainer:
         self.teacher = None if mode is None else TeacherWeights(
             self.policy, mode, sync_every=cfg.teacher_sync_every, ema_rate=cfg.sdpo_ema_rate)
 
-        self.train_problems, self.test_problems = load_training_problems(cfg)
         self.sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        top_p=cfg.top_p, top_k=0)
         self.engine = self._make_engine()
