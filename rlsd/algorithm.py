@@ -36,6 +36,10 @@ Where this code departs from the paper (or pins down what the paper leaves open)
   JSD_β/(1-β), so the family is continuous up to that normalisation.
 - `topk_tail_divergence` (SDPO) selects the top-K ids by the TEACHER's probabilities and applies the same generalized
   JSD to the K+1 buckets (K tokens + one tail bucket holding the remaining mass) with β = α.
+- `generalized_jsd`, `topk_tail_divergence` and `token_entropy` are per-position: each position's value depends on
+  that position's logits alone. The trainer relies on it: it never holds B×T×V logits, but evaluates these functions
+  on chunks of positions projected from hidden states (`rlsd.scoring.chunked_divergence`, recomputed in backward),
+  which equals one call on the full logits (tests/test_scoring.py).
 - Divergence and entropy functions compute in float32 (or float64 if given) and treat -inf logits (suppressed tokens)
   as a very negative finite number, so their probability is exactly 0 and neither values nor gradients become NaN.
   Where the target puts mass on a token the other distribution forbids, the KL is then huge but finite, not inf.
