@@ -25,7 +25,8 @@ Protocol (paraphrased from ``evaluation/evaluate.py`` and ``evaluation/utils.py`
   ``\\sqrt``, ``\\pi``, brackets) with the official's number semantics: integers exact however large
   (``2^{60}`` is not ``2^{60}+1``), rationals as floats, so ``\\frac{3^{1008}-1}{3^{1009}}`` rounds to 0.33;
   (3) a number never equals an expression with a free letter or a bare ``%``/``°`` (``5cm``, ``50%``,
-  ``x+1``): latex2sympy makes those symbols and the official eval fails; (4) math-verify (time-bounded, via
+  ``x+1``): latex2sympy makes those symbols and the official eval fails, nor an expression written with
+  numbers only that cannot be evaluated (``10^{10^{10}}``, ``\\frac{1}{0}``); (4) math-verify (time-bounded, via
   ``rlsd.verifier``) for the rest, where it is MORE lenient than the official code: the official eval can
   never equate two symbolic expressions (``x+1`` vs ``1+x`` is False there, True here).  Two different plain
   words of 3+ letters are unequal without parsing.  Checked against the official code (latex2sympy2 1.9.1) on
@@ -210,15 +211,10 @@ def numeric_value(text: str) -> int | float | None:
     the float range is not numeric (the official eval raises OverflowError there and scores False).  No
     e-notation: after the official lower-casing, latex2sympy reads "1e5" as symbols, not as 100000.
     """
-    if not isinstance(text, str) or not text or len(text) > 200:
+    if not isinstance(text, str) or len(text) > 200:
         return None
-    tokens, position = [], 0
-    for match in _TOKEN_RE.finditer(text):
-        if match.start() != position:
-            return None
-        tokens.append(match.group())
-        position = match.end()
-    if position != len(text):
+    tokens = numeric_tokens(text)
+    if not tokens:
         return None
     parser = _Parser(tokens)
     try:
@@ -232,6 +228,18 @@ def numeric_value(text: str) -> int | float | None:
     if isinstance(value, complex) or not math.isfinite(value):
         return None
     return value
+
+
+def numeric_tokens(text: str) -> list[str] | None:
+    """The tokens of ``text`` if it is written only with numeric-LaTeX tokens (numbers, operators, ``\\frac``,
+    ``\\sqrt``, ``\\pi``, brackets), else None.  Linear."""
+    tokens, position = [], 0
+    for match in _TOKEN_RE.finditer(text):
+        if match.start() != position:
+            return None
+        tokens.append(match.group())
+        position = match.end()
+    return tokens if position == len(text) else None
 
 
 def _exact(value):
@@ -424,6 +432,10 @@ def is_equal(gold: str, pred: str, verifier=None) -> bool:
         return round(g_value, 2) == round(p_value, 2)  # exact for integers, as the official eval of an int
     if (g_value is not None and has_symbols(p)) or (p_value is not None and has_symbols(g)):
         return False  # a number vs. a number with a unit glued on / a symbolic expression
+    if (g_value is not None and numeric_tokens(p)) or (p_value is not None and numeric_tokens(g)):
+        # Written with numbers only but not evaluable: too large (10^{10^{10}}, a 5000-digit number),
+        # division by zero, or malformed ("(1").  The official eval overflows, raises or hangs: never True.
+        return False
     g_word, p_word = _WORD_RE.fullmatch(g), _WORD_RE.fullmatch(p)
     if g_word and p_word and len(g) >= 3 and len(p) >= 3:
         return False  # two different words
