@@ -74,7 +74,8 @@ def chunk_positions(vocab_size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
 
 def hf_model(model):
     """The transformers model inside DDP / peft wrappers (LoRA layers live inside it, so they still apply)."""
-    model = getattr(model, "module", model)  # DistributedDataParallel
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
         model = model.get_base_model()
     return model
