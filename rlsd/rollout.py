@@ -69,7 +69,7 @@ def response_mask(response_ids_BT: torch.Tensor, eos_id: int) -> tuple[torch.Ten
 # (what the trainer re-scores), so every other logits processor is pinned off here.
 # (Settings whose "off" is None -- bad_words_ids, sequence_bias -- cannot be pinned this way; Qwen's files set none.)
 NEUTRAL_GENERATION = dict(repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
-                          min_new_tokens=0, min_length=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
+                          min_new_tokens=0, min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0,
                           eta_cutoff=0.0, num_beams=1, renormalize_logits=False)
 
 

@@ -34,3 +34,16 @@ def test_gpu_requirements_pin_what_4bit_vllm_rollouts_need():
     assert (major, minor) >= (0, 48), "vllm-bnb-plugin 0.0.3 needs bitsandbytes>=0.48.1"
     major, minor, _ = (int(x) for x in gpu["transformers"].split("."))
     assert (5, 16) <= (major, minor) < (5, 21), "vLLM 0.33 needs transformers>=5.16.1,<5.21"
+
+
+RUNTIME_OWNED = ("torch", "torchvision", "numpy", "pillow", "matplotlib")  # a live Colab kernel has imported these
+NEEDED_ON_A_GPU = ("transformers", "tokenizers", "safetensors", "peft", "accelerate", "bitsandbytes", "math-verify",
+                   "datasets", "rapidfuzz")
+
+
+def test_colab_requirements_keep_the_runtimes_torch_and_match_the_base_pins():
+    cpu, colab = _pins("requirements.txt"), _pins("requirements-colab.txt")
+    assert not set(colab) & set(RUNTIME_OWNED)  # never replaced under a running kernel
+    assert set(NEEDED_ON_A_GPU) <= set(colab)
+    assert {k: cpu[k] for k in colab} == colab  # same versions as the tested CPU environment
+    assert "vllm" not in colab
