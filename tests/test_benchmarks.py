@@ -646,6 +646,8 @@ HOSTILE = {
     "huge_exponent": "1e99999",
     "power_tower": "\\boxed{10^{10^{10}}}",
     "prose_100k": "The answer is 7 because we count. " * (N // 34),
+    "answer_line_100k": "Answer: " + "xy" * (N // 2),          # a 100k extraction: MC edit distance to choices
+    "quick_100k": 'The answer is "' + "9 " * (N // 2) + '".',
     "digits_100k": "1" * N,
     "digits_then_exponent": "1" * N + "e5",
     "digits_then_comma": "1" * N + ",",
@@ -668,6 +670,11 @@ HOSTILE = {
 }
 
 
+# Real MathVista options run to ~100 characters: the old O(n*m) Python table then took seconds per response.
+LONG_CHOICES = [f"The {colour} bar is the tallest of all the bars shown in the chart" for colour in
+                ("red", "blue", "green", "yellow")]
+
+
 def _synthetic_items() -> dict[str, list[BenchmarkItem]]:
     """One item of every answer type per benchmark (no files needed)."""
     def vista(qtype, atype, answer, choices=None, precision=None):
@@ -686,6 +693,7 @@ def _synthetic_items() -> dict[str, list[BenchmarkItem]]:
                                {"subject": "Math"}),
                  BenchmarkItem("mmmu", "validation_Math_3", "", "", [], "7", None, "open", {"subject": "Math"})],
         "mathvista": [vista("multi_choice", "text", "97", ["97", "102", "107", "122"]),
+                      vista("multi_choice", "text", LONG_CHOICES[0], LONG_CHOICES),  # edit distance's worst case
                       vista("free_form", "integer", "7"), vista("free_form", "float", "1.2", precision=1),
                       vista("free_form", "list", "[1, 2]")],
         "mathvision": [BenchmarkItem("mathvision", "mc", "q", "q", [], "A", ["7", "8", "9", "10", "11"],
@@ -727,7 +735,7 @@ class TestHostileText:
             assert all(isinstance(flag, bool) for flag in result["correct"])
 
     def test_mathvista_5000_digit_integer_is_not_an_error(self):
-        item = _synthetic_items()["mathvista"][1]  # integer item, gold "7"
+        item = _synthetic_items()["mathvista"][2]  # integer item, gold "7"
         for response in (HOSTILE["huge_integer"], HOSTILE["huge_integer_phrase"]):
             assert mathvista.extract(item, response) is not None  # the old int() raised ValueError
             assert not _score_one("mathvista", item, response)
@@ -842,7 +850,7 @@ def test_mmmu_glued_units_follow_the_official_integer_boundary():
 
 
 def test_mathvista_exponent_numbers():
-    item = _synthetic_items()["mathvista"][1]  # integer item, gold "7"
+    item = _synthetic_items()["mathvista"][2]  # integer item, gold "7"
     big = BenchmarkItem("mathvista", "b", "q", "q", [], "1000", None, "integer",
                         {"question_type": "free_form", "precision": None, "unit": None})
     assert _score_one("mathvista", big, 'The answer is "1e3".')  # official: str(int(float("1e3")))
