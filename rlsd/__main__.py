@@ -128,8 +128,15 @@ def cmd_bench(args):
 
 
 def cmd_profiles(args):
-    from rlsd.memory import profile_table
+    from pathlib import Path
 
+    from rlsd.memory import profile_table, splice_readme
+
+    if args.write_readme:
+        readme = Path(args.write_readme)
+        readme.write_text(splice_readme(readme.read_text()))
+        print(f"updated the profile table in {readme}")
+        return
     print(profile_table())
 
 
@@ -214,6 +221,7 @@ def main(argv=None):
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("profiles", help="the GPU profiles and their estimated peak memory (Markdown table)")
+    p.add_argument("--write-readme", metavar="README", default=None, help="replace the table in this README")
     p.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("evaluate", help="evaluate a model directory on the testbed")

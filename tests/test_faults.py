@@ -342,3 +342,19 @@ def test_checkpoint_writer_never_deletes_the_only_complete_checkpoint(tmp_path):
         ckpt.settle(out, ckpt_dir)
         assert sorted(os.listdir(out)) == ["checkpoint"]
         assert json.loads((out / "checkpoint" / ckpt.MARKER).read_text())["step"] == state["step"]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "empty"),
+    (b'{"question": "q", "answer": "1"}\n\xff\xfe\n', "row 1"),
+    (b'{"question": "q", "answer": NaN}\n', "answer"),
+    (b'{"question": "q", "answer": "1", "images": "a.png"}\n', "images"),
+])
+def test_bad_training_data_is_one_line_before_the_run_directory_exists(content, needle, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(content)
+    out = tmp_path / "run"
+    line = one_line_error(capsys, ["train", "--method", "rlsd", "--profile", "smoke", "--out", str(out),
+                                   f"data={data}", "eval_every=0"])
+    assert "train.jsonl" in line and needle in line, line
+    assert not out.exists()
