@@ -645,16 +645,15 @@ class Verifier:
         pending = pairs
         for limit in limits:
             pending = self._run_pass(pending, limit, budget, finished)
+            if limit >= self.timeout_s:  # these ran out of the full per-item budget: a final verdict
+                finished.update((pair, (False, True)) for pair in pending)
+                pending = []
             if not pending or budget.spent():
                 break
-        if budget.spent():
-            undecided = len(pairs) - len(finished)
-            if undecided:
-                logger.warning("verifier: batch budget (%.1f CPU s) spent; %d comparison(s) scored 0 unrun",
-                               batch_cpu, undecided)
-        else:
-            for pair in pending:  # ran out of the full per-item budget
-                finished[pair] = (False, True)
+        undecided = len(pairs) - len(finished)
+        if undecided:
+            logger.warning("verifier: batch budget (%.1f CPU s) spent; %d comparison(s) scored 0 without a "
+                           "full run", batch_cpu, undecided)
         return finished
 
     def _run_pass(self, pairs: list[tuple[str, str]], limit: float, budget: _Budget,

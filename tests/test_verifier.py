@@ -8,6 +8,7 @@ time bound is tested with one process-backed verifier shared by the module
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -417,3 +418,147 @@ def test_close_is_idempotent_and_verifier_is_reusable(bounded):
     bounded.close()
     result = bounded.score(wrap(r"\frac{1}{2}"), "0.5")  # restarts the worker
     assert result.reward == 1.0
+
+
+# ---------------------------------------------------------------------------
+# Pre-normalisation, CPU-time budgets, batch budget, dedupe and cache
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        (r"\dfrac {1} {2}", r"\frac{1}{2}"),
+        (r"\left( x \right)", "(x)"),
+        (r"2\,\sqrt 3", r"2\sqrt3"),
+        (r"\pi r^2", r"\pi r^2"),  # the space ends a control word: kept
+        (r"\text{a b}", r"\text{a b}"),  # text mode: unchanged
+        (r"\left. x \right|", r"\left.x|"),  # \left. is not a delimiter we drop
+    ],
+)
+def test_canonical_latex(text, canonical):
+    assert verifier_module.canonical_latex(text) == canonical
+
+
+def test_formatting_only_differences_match_without_math_verify(monkeypatch):
+    """A correct answer whose parse is slow (deep bare braces: ~2 s at depth 12) is decided by the string path."""
+
+    def forbidden(pred, gold):
+        raise AssertionError(f"math-verify called for {pred!r} vs {gold!r}")
+
+    monkeypatch.setattr(verifier_module, "_math_verify_match", forbidden)
+    verifier = Verifier(use_process=False)
+    deep = "{" * 14 + "1" + "}" * 14
+    assert verifier.answers_match("{ " * 14 + "1" + " }" * 14, deep)
+    assert verifier.answers_match(r"\dfrac{ \sqrt{3} }{2}", r"\frac{\sqrt{3}}{2}")
+    assert verifier.answers_match(r"\left(1, 2\right)", "(1,2)")
+
+
+def test_budget_arguments_are_validated():
+    for bad in ({"timeout_s": 0}, {"timeout_s": float("nan")}, {"batch_timeout_s": -1.0},
+                {"first_pass_s": float("inf")}, {"wall_factor": 0.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Verifier(**bad)
+
+
+def _burn_cpu(pred, gold):
+    """Stand-in comparison that needs 0.6 s of CPU, however long that takes in wall time."""
+    start = time.process_time()
+    while time.process_time() - start < 0.6:
+        pass
+    return True
+
+
+def _spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_slow_correct_answer_does_not_flip_under_load(monkeypatch):
+    """The budget is worker CPU time: 0.6 s of work passes a 1 s budget even when it takes > 1 s of wall time.
+
+    Four busy processes share the (2-core) machine with the worker, so the worker gets well under a core; a
+    wall-clock budget of 1 s (the old design) times the comparison out.
+    """
+    import multiprocessing
+
+    if verifier_module._cpu_seconds(os.getpid()) is None:
+        pytest.skip("no /proc CPU accounting here: the budget falls back to wall time")
+    with Verifier(timeout_s=1.0, first_pass_s=None, wall_factor=20.0, cache_size=0) as verifier:
+        verifier.answers_match("warm", "up")  # start the worker before loading the machine
+        monkeypatch.setattr(verifier_module, "_math_verify_match", _burn_cpu)
+        context = multiprocessing.get_context("spawn")
+        burners = [context.Process(target=_spin, args=(15.0,)) for _ in range(max(4, 2 * (os.cpu_count() or 1)))]
+        for burner in burners:
+            burner.start()
+        try:
+            time.sleep(0.5)  # let the burners start spinning
+            result, elapsed = timed(verifier.score, wrap("anything"), "x+y")
+        finally:
+            for burner in burners:
+                burner.kill()
+            for burner in burners:
+                burner.join()
+    assert result == VerifyResult(1.0, "anything", True, False)
+    assert elapsed > 1.0, f"the machine was not loaded ({elapsed:.2f}s): the test proves nothing"
+
+
+def test_batch_budget_bounds_many_distinct_slow_answers():
+    """12 distinct non-terminating answers cost about the batch budget, not 12 x the item budget."""
+    responses = [wrap(f"10^{{10^{{10}}}}+{k}") for k in range(12)]
+    with Verifier(timeout_s=1.0, batch_timeout_s=2.0, first_pass_s=None, cache_size=0) as verifier:
+        verifier.answers_match("warm", "up")
+        results, elapsed = timed(verifier.score_batch, responses, ["1"] * 12)
+    assert all(r.reward == 0.0 and r.timed_out for r in results)
+    # 2 CPU s, at most 3x that in wall time including restarts, plus slack; the old per-item design: 12 x 1 s
+    # plus a worker restart after each (> 20 s).
+    assert elapsed < 9.0, f"{elapsed:.1f}s"
+
+
+def test_two_passes_let_a_genuine_answer_behind_slow_ones_through():
+    responses = [wrap(f"10^{{10^{{10}}}}+{k}") for k in range(4)] + [wrap(r"\frac{3}{6}")]
+    with Verifier(timeout_s=1.0, batch_timeout_s=1.5, first_pass_s=0.2, wall_factor=10.0,
+                  cache_size=0) as verifier:
+        verifier.answers_match("warm", "up")
+        results = verifier.score_batch(responses, ["1"] * 4 + ["0.5"])
+    # Single pass: the four slow answers would take the whole 1.5 s batch budget before the genuine one ran.
+    assert [r.reward for r in results] == [0.0] * 4 + [1.0]
+    assert [r.timed_out for r in results] == [True] * 4 + [False]
+
+
+def test_identical_slow_answers_cost_one_budget(bounded):
+    results, elapsed = timed(bounded.score_batch, [wrap(SLOW_EXPR)] * 64, ["1"] * 64)
+    assert all(r.timed_out and r.reward == 0.0 for r in results)
+    assert elapsed < BOUND_S  # old: 64 comparisons of 1 s each, and a restart after each
+
+
+def test_finished_comparisons_are_cached_and_unrun_ones_are_not():
+    with Verifier(timeout_s=1.0, batch_timeout_s=1.0, first_pass_s=None) as verifier:
+        verifier.answers_match("warm", "up")
+        # The slow item spends the whole batch budget: the genuine one is never run and scores 0 ...
+        results = verifier.score_batch([wrap(SLOW_EXPR), wrap(r"\frac{2}{8}")], ["1", "0.25"])
+        assert [(r.reward, r.timed_out) for r in results] == [(0.0, True), (0.0, True)]
+        # ... and is not remembered as wrong: alone, it scores 1.
+        assert verifier.score(wrap(r"\frac{2}{8}"), "0.25").reward == 1.0
+        # The slow one ran out of its own budget: remembered, so it costs nothing the second time.
+        again, elapsed = timed(verifier.score, wrap(SLOW_EXPR), "1")
+        assert again.timed_out and elapsed < 0.2
+
+
+HOSTILE_RESPONSES = {
+    "nul_bytes": wrap("\x00" * 100_000),
+    "unclosed_braces_100k": "{" * 100_000,
+    "unclosed_boxes_in_answer": wrap(r"\boxed{" * 15_000),
+    "huge_integer": wrap("9" * 5000),
+    "huge_decimal_vs_huge_gold": wrap("1" * 1999),
+    "lone_surrogates": wrap("\ud800" * 100),
+    "deep_canonical": wrap("\\left(" * 1000 + "1" + "\\right)" * 1000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_RESPONSES))
+def test_hostile_responses_are_fast_and_never_raise(bounded, name):
+    result, elapsed = timed(bounded.score_batch, [HOSTILE_RESPONSES[name]] * 4, ["7", "1" * 1999, "B", "x+1"])
+    assert all(isinstance(r.reward, float) for r in result)
+    assert elapsed < BOUND_S, f"{name}: {elapsed:.2f}s"
