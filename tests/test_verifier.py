@@ -2,7 +2,8 @@
 
 Matching logic is tested with an in-thread verifier (fast, no process).  The
 time bound is tested with one process-backed verifier shared by the module
-(spawning its worker costs ~1 s), using a 1 s budget.
+(spawning its worker costs ~1 s), using a 1 s budget in a single pass and no
+cache; the CPU-time, batch-budget, two-pass and cache tests build their own.
 """
 
 from __future__ import annotations
