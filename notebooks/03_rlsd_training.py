@@ -14,21 +14,53 @@
 # ---
 
 # %%
-# Colab set-up (does nothing anywhere else): install this repository's pinned requirements.
+# Set-up. Finds this repository in `.` or `..` (or a clone made earlier), else clones REPO_URL; then works from the
+# repository root with it on sys.path (no kernel restart). On Colab it installs requirements-colab.txt, which keeps
+# the runtime's CUDA torch, torchvision, numpy and pillow; anywhere else it installs nothing into your environment.
 import os
 import subprocess
 import sys
 
-if "google.colab" in sys.modules:
-    _root = next((d for d in (".", "..") if os.path.isfile(os.path.join(d, "requirements.txt"))
-                  and os.path.isdir(os.path.join(d, "rlsd"))), None)
-    if _root is None:
-        print("This notebook needs the RLSD repository next to it. Clone or upload this repository into the Colab "
-              "session, `%cd` into it, run `pip install -r requirements.txt`, then re-run this notebook.")
-    else:
-        os.chdir(_root)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"], check=True)
-        sys.path.insert(0, os.getcwd())  # the editable install is only picked up by a fresh kernel
+REPO_URL = os.environ.get("RLSD_REPO_URL", "")  # the git URL of this repository: needed on a fresh runtime only
+ON_COLAB = "google.colab" in sys.modules
+CLONE_DIR = os.environ.get("RLSD_CLONE_DIR") or ("/content/rlsd" if ON_COLAB else os.path.join(".", "rlsd"))
+
+
+def _is_repo(path):
+    return os.path.isfile(os.path.join(path, "rlsd", "__init__.py")) and \
+        os.path.isfile(os.path.join(path, "requirements-colab.txt"))
+
+
+def _has_cuda_torch():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None
+
+
+_root = next((path for path in (".", "..", CLONE_DIR) if _is_repo(path)), None)
+_cloned = _root is None
+if _cloned:
+    if not REPO_URL:
+        raise SystemExit("The rlsd repository is not here: set REPO_URL in this cell (or the RLSD_REPO_URL "
+                         "environment variable) to its git URL, e.g. https://github.com/<owner>/rlsd, and run the "
+                         "cell again.")
+    subprocess.run(["git", "clone", "--depth", "1", "--quiet", REPO_URL, CLONE_DIR], check=True)
+    _root = CLONE_DIR
+os.chdir(_root)
+if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+if ON_COLAB or (_cloned and _has_cuda_torch()):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements-colab.txt"], check=True)
+    _installed = "installed requirements-colab.txt (the runtime's torch kept)"
+elif _cloned:
+    _installed = ("nothing installed (no CUDA torch here): run `pip install -r requirements.txt` for a CPU "
+                  "machine, as the README says, then run this notebook again")
+else:
+    _installed = "nothing installed"
+print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now the working directory); "
+      f"{_installed}")
 
 # %% [markdown]
 # # 03 — RLSD training: reward, accuracy, entropy and the evidence weight
@@ -67,9 +99,14 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 PROFILE = os.environ.get("RLSD_PROFILE", "cpu")  # "smoke": 3-step runs in a temp dir (CI); "cpu": read data/runs/cpu
 SAVE_FIGURES = PROFILE == "cpu"  # only the real reproduction writes figures/
-RUN_GPU = True  # §6 trains Qwen3-VL-2B only if a CUDA GPU, the model and the data are all present
-GPU_PROFILE = "qwen3vl-2b"
+RUN_GPU = True  # §6: on a CUDA GPU trains and benchmarks Qwen3-VL; without one, the same cells on the tiny model
+GPU_MODEL_SIZE = "2b"  # "2b" or "8b"; the profile is picked for the GPU's memory (rlsd.colab.pick_gpu_profile)
+GPU_PROFILE = None  # or a profile of rlsd.config, e.g. "qwen3vl-2b-t4", to override the pick
 GPU_METHODS = ("grpo", "rlsd")
+GPU_STEPS = 20  # optimizer steps per method on a GPU (the profiles' full run: 100); runs resume, so raise and rerun
+BENCH_LIMIT = 20  # items per benchmark split for a quick pass; None: the full splits (Table 2's numbers)
+BENCH_MAX_NEW_TOKENS = 2048  # response budget of the benchmark pass (the paper's: 4096)
+BENCH_BATCH = 8  # benchmark items per generate call
 
 # %%
 # %matplotlib inline
@@ -334,94 +371,137 @@ if HAVE_LOGS:
     display(Markdown("\n".join(lines)))
 
 # %% [markdown]
-# ## 6. The real configuration on a GPU: Qwen3-VL-2B, LoRA, NF4 teacher
+# ## 6. The real configuration on a GPU: RLSD and GRPO adapters, and their rows of Table 2
 #
-# The same trainer runs the paper's model family. The `qwen3vl-2b` profile (`rlsd/config.py`) fits a 16 GB GPU
-# (Colab T4/L4): Qwen3-VL-2B-Instruct with LoRA rank 16 on an NF4 4-bit base (bitsandbytes), bf16 compute, gradient
-# checkpointing, 8 prompts × 8 samples, 1,024-token responses, λ decaying over 50 steps, rollouts by vLLM when it is
-# installed (`pip install -r requirements-gpu.txt`) and HF `generate` otherwise. The teacher is the same quantized
-# base run under `no_grad` with the LoRA adapters as they were at the last sync, prompted with the reference answer
-# and given the same images as the student.
+# On a CUDA GPU (Colab or your own) this section is the paper's experiment at the scale one GPU allows:
 #
-# **Data.** `rlsd.data.load_problems` reads an MMFineReason-style `.jsonl` or `.parquet` file, one problem per row:
+# 1. **Profile.** `rlsd.colab.pick_gpu_profile` chooses `qwen3vl-<GPU_MODEL_SIZE>-<class>` from the GPU's memory:
+#    at most 20 GiB (T4) `t4` — fp16, HF `generate`, 4 prompts × 8 samples, 512-token responses; at most 40 GiB
+#    (L4, A10, a 40 GB A100) `l4`; more (A100 80 GB, H100) `a100`. A GPU without bf16 gets `t4` whatever its
+#    memory. All: Qwen3-VL-Instruct from the Hugging Face Hub, LoRA on the language model, NF4 4-bit base where
+#    memory needs it, gradient checkpointing, the authors' image pixel range, λ decaying over 50 steps
+#    (`python -m rlsd profiles` prints each profile's estimated peak memory).
+# 2. **Data.** The authors' training set from the hub, `hf:iieycx/rlsd-train-MMFineReason-123K`, read lazily
+#    (`rlsd.data`); a held-out slice of 200 rows, fixed by `data_split_seed`, is the test set of the training curves.
+# 3. **Training.** GRPO and RLSD for `GPU_STEPS` steps each, one seed. The runs live in `runs/<profile>/` and
+#    resume: raising `GPU_STEPS` and re-running continues them (the profiles' full run is 100 steps). The teacher is
+#    the same quantized base under `no_grad` with the LoRA weights of the last sync, prompted with the reference
+#    answer.
+# 4. **Benchmarks.** The base model and both adapters (`<run>/checkpoint/adapter`) through `rlsd benchmark`
+#    (`rlsd.benchmarks.run.run_benchmarks`): the five benchmarks from the hub, the paper's validation decoding,
+#    the first `BENCH_LIMIT` items of each split for a quick pass (`None`: the full splits, which Table 2 needs),
+#    responses of at most `BENCH_MAX_NEW_TOKENS` tokens (the paper's budget is 4,096). Predictions are saved per item,
+#    so an interrupted run resumes where it stopped. The same as, per model,
+#    `python -m rlsd benchmark --model Qwen/Qwen3-VL-2B-Instruct --adapter runs/<profile>/rlsd-s0/checkpoint/adapter --limit 20 --max-new-tokens 2048`.
+# 5. **Table 2.** The measured rows beside the paper's Base, GRPO and RLSD rows. The paper's model is
+#    Qwen3-VL-8B-Instruct trained for its full schedule; a 2B model trained for a few steps and scored on the first
+#    items of each split is not expected to match it, only to be read beside it.
 #
-# | field | type | |
-# |---|---|---|
-# | `question` | str | required |
-# | `answer` | str or number | required: the verifiable final answer (also the teacher's reference) |
-# | `image` / `images` | a path, bytes, or `{"bytes": …, "path": …}` / a list of those | paths relative to the file's directory |
-# | `solution` | str | optional: a reference solution (`teacher_reference=solution`) |
-# | `id` | str | optional (default `<file>:<row>`) |
-#
-# Every image is opened when the file is loaded, so a bad row fails at once, naming the file, the row and the field.
-# Extra columns are kept in `Problem.meta`. The MMFineReason release on the Hugging Face Hub
-# (`OpenDataArena/MMFineReason-1.8M`, and the per-source configs of `OpenDataArena/MMFineReason`) stores `question`,
-# `answer` and an embedded `image` per row in parquet for most sources, so a downloaded parquet shard of such a source
-# can be given to `data=` as it is; sources without an `answer` column need their final answer extracted first. On a
-# machine with internet access, for example:
-#
-# ```python
-# from datasets import load_dataset            # pip install datasets
-# ds = load_dataset("OpenDataArena/MMFineReason", "Euclid30K", split="train")
-# ds.select_columns(["id", "question", "answer", "image"]).to_parquet("data/mmfinereason.parquet")
-# ```
-#
-# then `data=data/mmfinereason.parquet` (or convert to `data/mmfinereason.jsonl`, the profile's default, with one
-# image file per row). With a real data file the trainer has no test split (the testbed's would not fit the model's
-# task), so this section shows training dynamics only; evaluation on the five benchmarks of Table 2 is done with
-# `rlsd.benchmarks` on the trained adapter.
-#
-# A full run is 100 steps of 64 rollouts of up to 1,024 tokens per method — hours on one GPU. It is resumable:
-# re-running this cell continues unfinished runs from `runs/qwen3vl-2b/<method>-s0/checkpoint`. Under the `smoke`
-# profile it runs 2 steps per method instead, as a check that the GPU path works.
+# **Without a GPU (CI, and the outputs committed here)** the same cells run a stand-in, in a temporary folder: the
+# tiny Qwen3-VL warm start (`data/tiny-sft`) with LoRA rank 4, a training set of testbed problems written in the hub
+# set's layout and read through the same `hf:` loader (`rlsd.colab.write_testbed_hub_dataset`), 3 steps per method,
+# and the benchmarks from synthetic offline fixtures (`rlsd.benchmarks.fixtures`: made-up items in each hub schema).
+# It checks that every cell runs; **its numbers mean nothing**.
 
 # %%
-def gpu_blockers(profile):
-    """Why the GPU run cannot start here ([] if it can): GPU, packages, model weights, data."""
-    import importlib.util
+import contextlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
-    import torch
+from rlsd import colab  # noqa: E402
+from rlsd.benchmarks.fixtures import write_fixtures  # noqa: E402
+from rlsd.benchmarks.paper import markdown_table  # noqa: E402
+from rlsd.config import SHIPPED_TINY, make_config  # noqa: E402
+from rlsd.trainer import train  # noqa: E402
 
-    from rlsd.config import make_config
+STANDIN = {"steps": 3, "train_rows": 48, "eval_problems": 8, "bench_limit": 2, "bench_max_new_tokens": 16}
+"""The CPU stand-in's sizes: seconds, not a result."""
 
-    cfg = make_config(profile)
-    reasons = []
-    if not torch.cuda.is_available():
-        reasons.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
-    for package in ("peft", "bitsandbytes"):
-        if importlib.util.find_spec(package) is None:
-            reasons.append(f"the package {package} is not installed")
-    if not Path(cfg.model.path).is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            snapshot_download(cfg.model.path, local_files_only=True)
-        except Exception:
-            reasons.append(f"the model {cfg.model.path} is neither a local directory nor in the Hugging Face cache "
-                           f"(download it once with `hf download {cfg.model.path}`)")
-    data = Path(cfg.data) if Path(cfg.data).is_absolute() else REPO / cfg.data
-    if not data.exists():
-        reasons.append(f"the training data {data} does not exist (see the table above for its format)")
-    return reasons
-
-
-blockers = gpu_blockers(GPU_PROFILE) if RUN_GPU else ["RUN_GPU is False"]
-if blockers:
-    print(f"GPU section skipped ({GPU_PROFILE}):\n  - " + "\n  - ".join(blockers))
+gpu = colab.visible_gpu() if RUN_GPU else None
+if not RUN_GPU:
+    print("RUN_GPU is False: section 6 skipped.")
+elif gpu is not None:
+    gpu_profile = GPU_PROFILE or colab.pick_gpu_profile(gpu.memory_gib, GPU_MODEL_SIZE, bf16=gpu.bf16)
+    work = REPO / "runs" / gpu_profile
+    base_model = make_config(gpu_profile).model.path
+    train_overrides = [f"steps={GPU_STEPS}", f"eval_every={max(1, GPU_STEPS // 2)}"]
+    bench_options = dict(limit=BENCH_LIMIT, max_new_tokens=BENCH_MAX_NEW_TOKENS, batch_size=BENCH_BATCH)
+    bench_out = work / f"benchmark-{BENCH_MAX_NEW_TOKENS}tok"
+    print(f"GPU: {gpu.name}, {gpu.memory_gib:.1f} GiB, bf16 {'yes' if gpu.bf16 else 'no'} -> profile {gpu_profile}; "
+          f"{base_model}, {GPU_STEPS} steps per method, benchmarks: "
+          f"{'full splits' if BENCH_LIMIT is None else f'first {BENCH_LIMIT} items per split'}, "
+          f"{BENCH_MAX_NEW_TOKENS} new tokens; runs in {work.relative_to(REPO)}/")
 else:
-    from rlsd.config import make_config
-    from rlsd.trainer import train
+    gpu_profile = "smoke"
+    work = Path(tempfile.mkdtemp(prefix="rlsd-nb03-gpu-"))
+    base_model = str(REPO / SHIPPED_TINY)
+    train_data = colab.write_testbed_hub_dataset(work / "train-set", n=STANDIN["train_rows"])
+    train_overrides = [f"data={train_data}", "model.lora_rank=4", "model.lora_alpha=8", f"steps={STANDIN['steps']}",
+                       f"eval_every={STANDIN['steps']}", f"save_every={STANDIN['steps']}",
+                       f"eval_problems={STANDIN['eval_problems']}"]
+    bench_options = dict(limit=STANDIN["bench_limit"], max_new_tokens=STANDIN["bench_max_new_tokens"],
+                         batch_size=4, data_dir=str(write_fixtures(work / "benchmark-data")),
+                         cache_dir=str(work / "benchmark-cache"), progress=False)
+    bench_out = work / "benchmark"
+    print(f"No CUDA GPU: the CPU stand-in (numbers mean nothing). Tiny Qwen3-VL ({SHIPPED_TINY}) with LoRA rank 4, "
+          f"{STANDIN['train_rows']} testbed problems in the hub layout, {STANDIN['steps']} steps per method, synthetic "
+          f"benchmark fixtures ({STANDIN['bench_limit']} items per split, {STANDIN['bench_max_new_tokens']} new "
+          "tokens); everything in a temporary folder.")
 
-    gpu_dir = REPO / "runs" / GPU_PROFILE
-    data = make_config(GPU_PROFILE).data
-    extra = [f"data={data if Path(data).is_absolute() else REPO / data}"]
-    if PROFILE == "smoke":
-        extra += ["steps=2", "save_every=1"]
-    for method in GPU_METHODS:
-        cfg = make_config(GPU_PROFILE, extra, method=method, seed=0, out=str(gpu_dir / f"{method}-s0"))
-        print(f"training {method} on {cfg.model.path}: {cfg.steps} steps -> {cfg.out}")
-        train(cfg)
-    gpu_runs = R.load_runs(gpu_dir)
-    fig = plot_panels(gpu_runs, [p for p in TRAINING_PANELS if p[0] == "metrics"],
-                      f"Training dynamics, {GPU_PROFILE} (one seed)", smooth=10, methods=list(GPU_METHODS))
+# %%
+if RUN_GPU:
+    torch_threads = None
+    if gpu is None:  # the tiny model's matrices are too small for a second thread to pay (rlsd.runs.notebook_logs)
+        import torch
+
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+    try:
+        with colab.quiet_progress_bars() if gpu is None else contextlib.nullcontext():
+            for method in GPU_METHODS:
+                cfg = make_config(gpu_profile, train_overrides, method=method, seed=0,
+                                  out=str(work / "runs" / f"{method}-s0"))
+                print(f"training {label(method)}: {cfg.steps} steps of {cfg.prompts_per_step} prompts x "
+                      f"{cfg.group_size} samples, LoRA rank {cfg.model.lora_rank}"
+                      + (", NF4 base" if cfg.model.load_in_4bit else "") + f", {cfg.model.dtype}, engine {cfg.engine}")
+                train(cfg, progress=gpu is not None)
+                colab.free_accelerator_memory()
+    finally:
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+    gpu_runs = R.load_runs(work / "runs")
+    adapters = colab.find_adapters(work / "runs", GPU_METHODS)
+    print("adapters: " + ", ".join(f"{label(m)} {m}-s0/checkpoint/adapter" + ("" if m in adapters else " MISSING")
+                                   for m in GPU_METHODS))
+    final = {m: R.final_eval(gpu_runs[m], "accuracy") for m in GPU_METHODS if m in gpu_runs}
+    print("held-out test accuracy at the last step: "
+          + ", ".join(f"{label(m)} {pct(v[0]) if v else 'n/a'}" for m, v in final.items()))
+
+# %%
+if RUN_GPU:
+    fig = plot_panels(gpu_runs, TRAINING_PANELS,
+                      f"Training dynamics, {gpu_profile} (one seed)" + ("" if gpu else ": CPU stand-in, 3 steps"),
+                      smooth=10 if gpu else 1, methods=[m for m in GPU_METHODS if m in gpu_runs])
     display(fig)
+
+# %%
+if RUN_GPU:
+    models = {"base": None, **{m: adapters[m] for m in GPU_METHODS if m in adapters}}
+    short = Path(base_model).name
+    labels = {"base": f"{short} (base)", **{m: f"{short} + {label(m)} adapter" for m in adapters}}
+    with colab.quiet_progress_bars() if gpu is None else contextlib.nullcontext():
+        bench_results = colab.benchmark_models(base_model, models, bench_out, labels=labels, **bench_options)
+    note = next(iter(bench_results.values()))["note"]
+    print(f"({note}; measured cells: score [95% CI] (items scored); the paper's rows as published)")
+    display(Markdown(markdown_table(colab.comparison_rows(bench_results))))
+
+# %%
+if RUN_GPU:
+    scope = "full splits" if bench_options["limit"] is None else f"first {bench_options['limit']} items per split"
+    title = f"{short}: base and adapters after {cfg.steps} steps ({scope}), beside the paper's Table 2"
+    if gpu is None:
+        title += "\nCPU STAND-IN on synthetic benchmark fixtures: the numbers mean nothing"
+    fig = colab.plot_table2_comparison(bench_results, title=title)
+    display(fig)
+    if gpu is None:
+        shutil.rmtree(work, ignore_errors=True)  # the stand-in's runs, adapters and fixtures are not needed any more

@@ -14,21 +14,53 @@
 # ---
 
 # %%
-# Colab set-up (does nothing anywhere else): install this repository's pinned requirements.
+# Set-up. Finds this repository in `.` or `..` (or a clone made earlier), else clones REPO_URL; then works from the
+# repository root with it on sys.path (no kernel restart). On Colab it installs requirements-colab.txt, which keeps
+# the runtime's CUDA torch, torchvision, numpy and pillow; anywhere else it installs nothing into your environment.
 import os
 import subprocess
 import sys
 
-if "google.colab" in sys.modules:
-    _root = next((d for d in (".", "..") if os.path.isfile(os.path.join(d, "requirements.txt"))
-                  and os.path.isdir(os.path.join(d, "rlsd"))), None)
-    if _root is None:
-        print("This notebook needs the RLSD repository next to it. Clone or upload this repository into the Colab "
-              "session, `%cd` into it, run `pip install -r requirements.txt`, then re-run this notebook.")
-    else:
-        os.chdir(_root)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"], check=True)
-        sys.path.insert(0, os.getcwd())
+REPO_URL = os.environ.get("RLSD_REPO_URL", "")  # the git URL of this repository: needed on a fresh runtime only
+ON_COLAB = "google.colab" in sys.modules
+CLONE_DIR = os.environ.get("RLSD_CLONE_DIR") or ("/content/rlsd" if ON_COLAB else os.path.join(".", "rlsd"))
+
+
+def _is_repo(path):
+    return os.path.isfile(os.path.join(path, "rlsd", "__init__.py")) and \
+        os.path.isfile(os.path.join(path, "requirements-colab.txt"))
+
+
+def _has_cuda_torch():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None
+
+
+_root = next((path for path in (".", "..", CLONE_DIR) if _is_repo(path)), None)
+_cloned = _root is None
+if _cloned:
+    if not REPO_URL:
+        raise SystemExit("The rlsd repository is not here: set REPO_URL in this cell (or the RLSD_REPO_URL "
+                         "environment variable) to its git URL, e.g. https://github.com/<owner>/rlsd, and run the "
+                         "cell again.")
+    subprocess.run(["git", "clone", "--depth", "1", "--quiet", REPO_URL, CLONE_DIR], check=True)
+    _root = CLONE_DIR
+os.chdir(_root)
+if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+if ON_COLAB or (_cloned and _has_cuda_torch()):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements-colab.txt"], check=True)
+    _installed = "installed requirements-colab.txt (the runtime's torch kept)"
+elif _cloned:
+    _installed = ("nothing installed (no CUDA torch here): run `pip install -r requirements.txt` for a CPU "
+                  "machine, as the README says, then run this notebook again")
+else:
+    _installed = "nothing installed"
+print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now the working directory); "
+      f"{_installed}")
 
 # %% [markdown]
 # # 04 — Benchmark tables: the paper's Table 2, and what we measure beside it
@@ -364,31 +396,92 @@ else:
     print("(no CPU reproduction to compare with under this profile)")
 
 # %% [markdown]
-# ## 4. The paper's benchmarks: a GPU run, or a scoring-only check of the harness
+# ## 4. The paper's benchmarks: `rlsd benchmark` for the base model and the adapters
 #
-# On a GPU this section generates and scores. It needs three things: a CUDA device; a benchmark root with the images
-# (`RLSD_BENCHMARKS`, default `../shared/benchmarks`, one folder per benchmark, as `rlsd.benchmarks` documents; for
-# MMMU and ZeroBench this means the HF parquet files, which hold the question text and images); and a checkpoint
-# (`RLSD_GPU_MODEL`, a hub id or a local model directory). `RLSD_GPU_METHOD` names the row it fills (default
-# `base`). Optional settings are `RLSD_GPU_MAX_NEW_TOKENS` (default 2048), `RLSD_GPU_LIMIT` (the first N items per
-# benchmark, for a quick look; such a number is not the benchmark's), `RLSD_GPU_BATCH` (default 16) and
-# `RLSD_GPU_MAX_PIXELS`. The last is an image-size cap (default 1280 visual tokens of 32×32 px), because the
-# processor's own limit allows images of several thousand tokens. It is our choice: the paper does not state its
-# setting. The measured columns go next to the paper's and are never averaged into them.
+# This section puts models through the five benchmarks with `rlsd.benchmarks.run.run_benchmarks`, the function
+# behind `python -m rlsd benchmark`. It uses the paper's validation decoding, saves each item's prediction (so a rerun
+# only generates what is missing) and returns one Table-2 row per model, with 95% intervals and the number of items
+# scored. It is the same code path as notebook 03 §6.
 #
-# Without all three, the section runs a **scoring-only check of the harness** on the real annotation files instead.
-# Each benchmark gets two sets of responses: the gold answer written in the form its protocol expects (every
-# protocol must score 100%), and the same responses shifted by one item (each item receives its neighbour's answer;
-# a protocol that accepted anything would still score high). **This checks the plumbing. It is not a model result.**
+# * **On a CUDA GPU** it runs the base model of the profile that fits the GPU (`rlsd.colab.pick_gpu_profile`,
+#   `GPU_MODEL_SIZE` below), plus the GRPO and RLSD adapters that notebook 03 §6 trained, if they are there
+#   (`runs/<profile>/runs/<method>-s0/checkpoint/adapter`). The benchmarks come from the Hugging Face Hub
+#   (ZeroBench is gated: accept its terms on the hub and log in first). It writes into the same folders as notebook
+#   03, so rows that 03 already scored are read back, not generated again. `BENCH_LIMIT` scores only the first items of
+#   each split, as a quick look. Table 2 needs `BENCH_LIMIT = None` and the paper's 4,096-token budget.
+# * **Without a GPU (CI, and the outputs committed here)** it runs the tiny model `data/tiny-sft` on synthetic
+#   offline fixtures (`rlsd.benchmarks.fixtures`: a few made-up items per benchmark in each hub schema, read through
+#   `--data-dir`), in a temporary folder. It shows that the path runs. **Its numbers mean nothing.**
+#
+# The measured rows sit beside the paper's rows and are never merged into them. After the run, a **scoring-only check
+# of the harness** runs on the items the section loaded, plus the real annotation files if `RLSD_BENCHMARKS` names a
+# folder of them (one folder per benchmark, as `rlsd.benchmarks` documents). Each benchmark gets two sets of
+# responses: the gold answer written in the form its protocol expects (every protocol must score 100%), and the same
+# responses shifted by one item (each item receives its neighbour's answer; a protocol that accepted anything would
+# still score high). **This checks the plumbing. It is not a model result.**
 
 # %%
 import contextlib
 import logging
 
-BENCH_ROOT = Path(os.environ.get("RLSD_BENCHMARKS", "../shared/benchmarks"))
-GPU_MODEL = os.environ.get("RLSD_GPU_MODEL")
+from rlsd import colab
+from rlsd.benchmarks.fixtures import write_fixtures
+from rlsd.benchmarks.hub import HUB_SOURCES, load_hub_items
 
+GPU_MODEL_SIZE = "2b"  # as in notebook 03 §6: the profile is picked for the GPU's memory
+BENCH_LIMIT = 20  # items per split for a quick pass; None: the full splits (Table 2's numbers)
+BENCH_MAX_NEW_TOKENS = 2048  # response budget (the paper's: 4096); part of the output folder's name
+BENCH_BATCH = 8
+ROW_METHODS = ("grpo", "rlsd")  # adapters looked for beside the base model
 
+gpu = colab.visible_gpu()
+if gpu is not None:
+    bench_profile = colab.pick_gpu_profile(gpu.memory_gib, GPU_MODEL_SIZE, bf16=gpu.bf16)
+    bench_model = make_config(bench_profile).model.path
+    bench_root = Path("runs") / bench_profile
+    adapters = colab.find_adapters(bench_root / "runs", ROW_METHODS)
+    bench_out = bench_root / f"benchmark-{BENCH_MAX_NEW_TOKENS}tok"
+    bench_options = dict(limit=BENCH_LIMIT, max_new_tokens=BENCH_MAX_NEW_TOKENS, batch_size=BENCH_BATCH)
+    bench_tmp = None
+    print(f"GPU: {gpu.name}, {gpu.memory_gib:.1f} GiB -> {bench_model} (profile {bench_profile}); benchmarks from "
+          "the hub; adapters found: " + (", ".join(adapters) or f"none under {bench_root}/runs (notebook 03 §6)"))
+else:
+    bench_tmp = Path(tempfile.mkdtemp(prefix="rlsd-nb04-bench-"))
+    bench_model = SHIPPED_TINY
+    adapters = colab.find_adapters(Path("runs") / "smoke" / "runs", ROW_METHODS)  # none unless you trained some
+    bench_out = bench_tmp / "benchmark"
+    bench_options = dict(limit=2, max_new_tokens=16, batch_size=4, progress=False,
+                         data_dir=str(write_fixtures(bench_tmp / "benchmark-data")),
+                         cache_dir=str(bench_tmp / "benchmark-cache"))
+    print(f"No CUDA GPU: the tiny model {SHIPPED_TINY} on synthetic benchmark fixtures (2 items per split, 16 new "
+          "tokens) in a temporary folder; the numbers mean nothing. Adapters found: "
+          + (", ".join(adapters) or "none"))
+
+# %%
+short = Path(bench_model).name
+row_labels = {"base": f"{short} (base)", **{m: f"{short} + {m.upper()} adapter" for m in adapters}}
+t0 = time.time()
+with colab.quiet_progress_bars() if gpu is None else contextlib.nullcontext():
+    bench_results = colab.benchmark_models(bench_model, {"base": None, **adapters}, bench_out, labels=row_labels,
+                                           **bench_options)
+comparison = colab.comparison_rows(bench_results)
+print(f"{len(bench_results)} model(s) in {time.time() - t0:.0f} s; {next(iter(bench_results.values()))['note']}")
+print("measured cells: score [95% CI] (items scored); the paper's rows as published\n")
+print(markdown_table(comparison))
+if gpu is not None and SAVE_FIGURES:
+    write_table(comparison, "04_table2_gpu", FIGURES_DIR, title=f"{PAPER_TITLE}, with measured rows ({short})",
+                notes=[f"Measured by rlsd.benchmarks.run ({next(iter(bench_results.values()))['note']}). A measured "
+                       "row is ours, a paper row is the paper's."])
+
+# %%
+scope = "full splits" if bench_options["limit"] is None else f"first {bench_options['limit']} items per split"
+fig = colab.plot_table2_comparison(bench_results, title=f"{short} ({scope}) beside the paper's Table 2" + (
+    "" if gpu is not None else "\nCPU STAND-IN on synthetic benchmark fixtures: the numbers mean nothing"))
+if gpu is not None and SAVE_FIGURES:
+    save_figure(fig, "04_table2_gpu")
+fig
+
+# %%
 @contextlib.contextmanager
 def quiet_missing_images():
     """Silence the loaders' "images missing" warning: the expected state of annotation-only folders."""
@@ -401,88 +494,38 @@ def quiet_missing_images():
         logger.setLevel(level)
 
 
-def answerable_counts(root: Path) -> dict:
-    """{benchmark: (items loaded, items with images and question text)} for the paper's benchmarks under root."""
-    counts = {}
-    with quiet_missing_images():
-        for name in PAPER_NAMES:
-            if (root / name).is_dir():
-                try:
-                    loaded = load_benchmark(name, root / name)
-                except FileNotFoundError as error:
-                    print(f"{name}: {error}")
-                    continue
-                counts[name] = (len(loaded), sum(not i.images_missing and bool(i.prompt) for i in loaded))
-    return counts
+def plumbing_row(name: str, source: str, items) -> dict:
+    """Gold answers as responses, and the same responses shifted by one item, scored by the protocol."""
+    gold = [answer_as_response(name, item) for item in items]
+    right = score_responses(name, items, gold)
+    wrong = score_responses(name, items, gold[1:] + gold[:1])
+    return {"benchmark": name, "data": source, "items": len(items), "headline": right["headline_key"],
+            "gold answer as response (%)": 100 * right["headline"], "neighbour's answer (%)": 100 * wrong["headline"]}
 
 
-counts = answerable_counts(BENCH_ROOT) if BENCH_ROOT.is_dir() else {}
-if not torch.cuda.is_available():
-    gpu_reason = "no CUDA device"
-elif not GPU_MODEL:
-    gpu_reason = "RLSD_GPU_MODEL is not set"
-elif not any(answerable for _, answerable in counts.values()):
-    gpu_reason = f"no benchmark under {BENCH_ROOT} has its images (annotation-only files, or no folder)"
-else:
-    gpu_reason = None
-print(f"benchmark root {BENCH_ROOT.resolve()}: " + (", ".join(
-    f"{name} {answerable}/{total} answerable" for name, (total, answerable) in counts.items()) or "not found"))
-print("GPU generation: " + ("running" if gpu_reason is None else f"skipped ({gpu_reason})"))
-
-# %%
-if gpu_reason is None:
-    method = os.environ.get("RLSD_GPU_METHOD", "base")
-    limit = int(os.environ["RLSD_GPU_LIMIT"]) if os.environ.get("RLSD_GPU_LIMIT") else None
-    gpu_sampling = dataclasses.replace(VALIDATION_SAMPLING,
-                                       max_new_tokens=int(os.environ.get("RLSD_GPU_MAX_NEW_TOKENS", "2048")))
-    gpu_model, gpu_processor = load_policy(ModelSpec(path=GPU_MODEL, dtype="bfloat16"), device="cuda")
-    gpu_model.eval()
-    max_pixels = int(os.environ.get("RLSD_GPU_MAX_PIXELS", str(1280 * 32 * 32)))
-    gpu_processor.image_processor.size = {**gpu_processor.image_processor.size, "longest_edge": max_pixels}
-    measured, coverage = {}, []
-    for name, (total, answerable) in counts.items():
-        if not answerable:
-            continue
-        t0 = time.time()
-        result = run_benchmark(name, gpu_model, gpu_processor, BENCH_ROOT / name, skip_missing=True, limit=limit,
-                               sampling=gpu_sampling, batch_size=int(os.environ.get("RLSD_GPU_BATCH", "16")))
-        measured[name] = result["headline"]
-        coverage.append({"benchmark": name, "scored": result["n"], "loaded": result["n_loaded"],
-                         "skipped (no images/text)": len(result["skipped"]), "headline": result["headline_key"],
-                         "value (%)": 100 * result["headline"], "minutes": (time.time() - t0) / 60})
-    label = f"measured, {Path(GPU_MODEL).name}"
-    gpu_rows = table2_rows({method: measured}, measured_label=label)
-    print(markdown_table(coverage))
-    print("\nA column scored on fewer items than loaded (skipped or RLSD_GPU_LIMIT) is not the benchmark's number.\n")
-    print(f"Table 2 (paper) with the measured row '{method}' beside it:")
-    print(markdown_table(gpu_rows))
-    if SAVE_FIGURES:
-        write_table(gpu_rows, "04_table2_gpu", FIGURES_DIR, title=f"{PAPER_TITLE}, with measured columns ({label})",
-                    notes=["Measured columns sit next to the paper's; a measured cell is ours, a (paper) cell is "
-                           "the paper's. Coverage:", markdown_table(coverage)])
-
-# %%
-if gpu_reason is not None:
-    demo = []
-    for name in counts:
-        with quiet_missing_images():
-            demo_items = load_benchmark(name, BENCH_ROOT / name)  # every item: WeMath scores whole problem groups
-        gold = [answer_as_response(name, item) for item in demo_items]
-        shifted = gold[1:] + gold[:1]
-        right = score_responses(name, demo_items, gold)
-        wrong = score_responses(name, demo_items, shifted)
-        demo.append({"benchmark": name, "items": len(demo_items), "headline": right["headline_key"],
-                     "gold answer as response (%)": 100 * right["headline"],
-                     "neighbour's answer (%)": 100 * wrong["headline"]})
-    missing = [n for n in PAPER_NAMES if n not in counts]
-    print("Harness plumbing check on the real annotation files — NOT a model result")
-    print(markdown_table(demo, digits=1) if demo else f"(no annotation files under {BENCH_ROOT})")
-    if missing:
-        print(f"not available locally: {', '.join(missing)} (ZeroBench is only on the gated HF dataset)")
+demo = []
+if gpu is None:  # the fixtures the run above read, every item (We-Math scores whole problem groups)
+    for name in PAPER_NAMES:
+        with colab.quiet_progress_bars():
+            demo_items = load_hub_items(name, HUB_SOURCES[name].splits[0], data_dir=bench_options["data_dir"],
+                                        cache_dir=bench_options["cache_dir"])
+        demo.append(plumbing_row(name, "synthetic fixtures", demo_items))
+annotations = Path(os.environ["RLSD_BENCHMARKS"]) if os.environ.get("RLSD_BENCHMARKS") else None
+if annotations is not None:
+    for name in PAPER_NAMES:
+        if (annotations / name).is_dir():
+            with quiet_missing_images():
+                demo.append(plumbing_row(name, "annotation files (RLSD_BENCHMARKS)",
+                                         load_benchmark(name, annotations / name)))
+print("Harness plumbing check — NOT a model result")
+print(markdown_table(demo, digits=1) if demo else "(nothing to check: on a GPU set RLSD_BENCHMARKS to a folder of "
+      "annotation files to run it)")
+if bench_tmp is not None:
+    shutil.rmtree(bench_tmp, ignore_errors=True)  # the stand-in's fixtures, exports and predictions
 
 # %% [markdown]
 # **Reading the check.** Every protocol scores its own gold answers at 100%, and the shifted answers score far
-# lower. The shifted score is not zero: many items share an answer letter, and WeMath's strict score gives half
+# lower. The shifted score need not be zero: items can share an answer letter, and WeMath's strict score gives half
 # credit in some cases. So each scorer extracts what the protocol says and compares it with the right gold.
 # Whether the *generation* side is right for real Qwen3-VL needs a GPU. Section 3 checked the same generation code
 # on the tiny model.

@@ -94,21 +94,26 @@ def visible_gpu() -> GpuInfo | None:
 
 
 @contextlib.contextmanager
-def quiet_datasets():
-    """The ``datasets`` library's progress bars off inside the block (notebook outputs stay readable), then as
-    they were."""
+def quiet_progress_bars():
+    """The progress bars of ``datasets`` and ``transformers`` (dataset builds, weight loading) off inside the block,
+    then as they were: a CPU notebook run loads a dozen tiny things, and a bar each would bury its output."""
     import datasets
+    from transformers.utils import logging as hf_logging
 
-    was_disabled = datasets.are_progress_bars_disabled()
+    datasets_off, transformers_on = datasets.are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if not was_disabled:
+        if not datasets_off:
             datasets.enable_progress_bars()
+        if transformers_on:
+            hf_logging.enable_progress_bar()
 
 
 HUB_SHARD = "data/train-00000-of-00001.parquet"
+"""Where ``write_testbed_hub_dataset`` puts its one parquet shard (the hub's layout for a single train split)."""
 
 
 def write_testbed_hub_dataset(root: str | Path, n: int = 64, split: str = "train") -> str:
@@ -142,7 +147,7 @@ def write_testbed_hub_dataset(root: str | Path, n: int = 64, split: str = "train
         rows["options"].append([])  # the options are in the question text, as the testbed writes them
         rows["qwen3vl_235b_thinking_response"].append(problem.solution or "")
     (root / "data").mkdir(parents=True, exist_ok=True)
-    with quiet_datasets():
+    with quiet_progress_bars():
         datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / HUB_SHARD))
     return f"hf:{root}"
 
@@ -244,19 +249,19 @@ def plot_table2_comparison(results: Mapping[str, dict], title: str | None = None
             score = None if entry is None else entry["score"]
             values.append(math.nan if score is None else 100 * score)
             ci = None if entry is None else entry["ci95"]
-            low.append(0.0 if ci is None or score is None else 100 * (score - ci[0]))
-            high.append(0.0 if ci is None or score is None else 100 * (ci[1] - score))
+            low.append(math.nan if ci is None or score is None else 100 * (score - ci[0]))  # nan: no bar drawn
+            high.append(math.nan if ci is None or score is None else 100 * (ci[1] - score))
         avg = result["row"].get("Avg.")
         values.append(math.nan if avg is None else avg)
-        low.append(0.0)
-        high.append(0.0)
+        low.append(math.nan)  # the average of five intervals is not an interval: none drawn
+        high.append(math.nan)
         series.append((f"measured: {result['label']}", values, (low, high),
                        dict(color=colours.get(method, f"C{k + 3}"))))
     for method in PAPER_ROWS:
         values = [PAPER_TABLE2[method][n] for n in names] + [PAPER_TABLE2[method]["avg"]]
         series.append((f"paper ({PAPER_MODEL}): {METHOD_LABELS[method]}", values, None,
                        dict(color=colours[method], alpha=0.35, hatch="//", edgecolor="black", linewidth=0.5)))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(columns) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(columns) + 2), 5.0))
     x = np.arange(len(columns))
     width = 0.8 / len(series)
     for k, (label, values, err, style) in enumerate(series):
@@ -267,7 +272,7 @@ def plot_table2_comparison(results: Mapping[str, dict], title: str | None = None
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title or "Table 2: measured rows beside the paper's", fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.09), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
