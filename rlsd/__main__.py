@@ -98,12 +98,18 @@ def cmd_train(args):
 
 
 def cmd_reproduce(args):
-    from rlsd.reproduce import reproduce
+    from rlsd.reproduce import RUN_METHODS, reproduce
 
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    summary = reproduce(args.profile, seeds=seeds, runs_dir=args.runs_dir, logs_dir=args.logs_dir,
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    methods = tuple(args.methods.split(",")) if args.methods else RUN_METHODS
+    unknown = set(methods) - set(RUN_METHODS)
+    if unknown:
+        raise ValueError(f"--methods: unknown run type(s) {sorted(unknown)}; choose from {RUN_METHODS}")
+    summary = reproduce(args.profile, seeds=seeds, methods=methods, runs_dir=args.runs_dir, logs_dir=args.logs_dir,
                         overrides=args.overrides)
-    print(json.dumps(summary["table"], indent=2))
+    from rlsd.runs import summary_markdown
+
+    print(summary_markdown(summary))
     print(f"wall time: {summary['wall_time_s'] / 60:.1f} min")
 
 
@@ -200,7 +206,9 @@ def main(argv=None):
 
     p = sub.add_parser("reproduce", help="the CPU reproduction: all methods x seeds, evaluation, figures")
     p.add_argument("--profile", default="cpu")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds for every run type (default: rlsd.reproduce.RUN_SEEDS, 5 or 3 each)")
+    p.add_argument("--methods", default=None, help="comma-separated run types (default: all of rlsd.reproduce.RUN_METHODS)")
     p.add_argument("--runs-dir", default="runs", help="where full runs (with checkpoints) go")
     p.add_argument("--logs-dir", default=None, help="where the small logs go (default data/runs/<profile>)")
     p.add_argument("overrides", nargs="*", help="field=value config overrides for every run")

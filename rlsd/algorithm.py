@@ -134,12 +134,16 @@ def group_advantages(rewards_N, group_size, eps=1e-6):
 def rlsd_lambda(step, lam0=0.5, decay_steps=50):
     """λ_k = λ0 · max(0, 1 - k/K), k = 0 at the first optimizer step: RLSD blends into plain GRPO after K steps.
 
-    Departure: decay_steps <= 0 means no RLSD phase and returns 0.0. A negative step raises ValueError.
+    decay_steps = 0 means a CONSTANT λ = λ0 (as in the authors' code; no RLSD phase is λ0 = 0). The authors count
+    k from 1 (λ at the first step is λ0·(1 - 1/K)); we count from 0, so the first step gets the full λ0. A negative
+    step or decay_steps raises ValueError.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    if decay_steps <= 0:
-        return 0.0
+    if decay_steps < 0:
+        raise ValueError(f"decay_steps must be >= 0 (0: constant λ), got {decay_steps}")
+    if decay_steps == 0:
+        return float(lam0)
     return float(lam0) * max(0.0, 1.0 - step / decay_steps)
 
 

@@ -95,7 +95,8 @@ class TrainConfig:
     rlsd_lam0: float = 0.5
     """λ0: initial weight of the teacher's evidence in the token advantage."""
     rlsd_decay_steps: int = 50
-    """K: λ decays linearly to 0 over K optimizer steps (paper: 50 steps of 256 prompts)."""
+    """K: λ decays linearly to 0 over K optimizer steps (paper: 50 steps of 256 prompts). 0: λ stays λ0 for the
+    whole run (the authors' convention); to turn RLSD's evidence off, set rlsd_lam0=0."""
     rlsd_clip_eps: float = 0.2
     """ε_w: evidence weights are clipped to [1-ε_w, 1+ε_w]."""
     teacher_sync_every: int = 10
@@ -346,16 +347,24 @@ def _coerce(cfg, overrides: dict) -> dict:
     return out
 
 
+# Per-method settings of a profile (applied after the profile, before the caller's fields and overrides): the
+# paper trains the distillation methods at 10x the learning rate of the reward-driven ones.
+METHOD_SETTINGS: dict[str, dict[str, dict]] = {}
+
+
 def make_config(profile: str = "cpu", overrides: list[str] | dict | None = None, **fields) -> TrainConfig:
-    """Defaults <- profile <- keyword fields <- 'key=value' overrides; validated."""
+    """Defaults <- profile <- the profile's per-method settings <- keyword fields <- 'key=value' overrides; validated."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {tuple(PROFILES)}")
-    cfg = apply_overrides(TrainConfig(), PROFILES[profile])
-    cfg = apply_overrides(cfg, _coerce(cfg, fields))
     if isinstance(overrides, dict):
         overrides = [overrides]
-    for item in overrides or []:
-        cfg = apply_overrides(cfg, _coerce(cfg, parse_override(item) if isinstance(item, str) else item))
+    items = [parse_override(item) if isinstance(item, str) else item for item in overrides or []]
+    cfg = apply_overrides(TrainConfig(), PROFILES[profile])
+    method = next((item["method"] for item in reversed(items) if "method" in item), fields.get("method", cfg.method))
+    cfg = apply_overrides(cfg, _coerce(cfg, METHOD_SETTINGS.get(profile, {}).get(method, {})))
+    cfg = apply_overrides(cfg, _coerce(cfg, fields))
+    for item in items:
+        cfg = apply_overrides(cfg, _coerce(cfg, item))
     return cfg.validate()
 
 

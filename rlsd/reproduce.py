@@ -23,14 +23,23 @@ from rlsd.config import SHIPPED_TINY, make_config
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "samples.jsonl")
-RUN_METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "opsd_online")
+RUN_METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "opsd_online", "rlsd_const")
+# Seeds per run type: the three methods the headline claims compare get 5, the others 3 (seeds 0..n-1; the same
+# seed means the same prompts and sampling seeds in every method, so differences are paired by seed).
+RUN_SEEDS = {"grpo": 5, "rlsd": 5, "opsd": 5, "sdpo": 3, "grpo_opsd": 3, "opsd_online": 3, "rlsd_const": 3}
+# Named variants: (trainer method, extra overrides).
+VARIANTS = {"opsd_online": ("opsd", ["opsd_teacher=current"]),  # the trilemma's online teacher
+            "rlsd_const": ("rlsd", ["rlsd_decay_steps=0"])}  # the constant-λ ablation
 
 
 def run_name_config(name: str) -> tuple[str, list[str]]:
     """(trainer method, extra overrides) of a named run variant."""
-    if name == "opsd_online":
-        return "opsd", ["opsd_teacher=current"]
-    return name, []
+    method, extra = VARIANTS.get(name, (name, []))
+    return method, list(extra)
+
+
+def seeds_of(name: str, seeds: tuple[int, ...] | None) -> tuple[int, ...]:
+    return tuple(seeds) if seeds is not None else tuple(range(RUN_SEEDS.get(name, 3)))
 
 
 def evaluate_base(model_path: str, n_test: int, max_new_tokens: int, out: Path, seed: int = 0) -> dict:
@@ -56,10 +65,10 @@ def evaluate_base(model_path: str, n_test: int, max_new_tokens: int, out: Path, 
     return results
 
 
-def reproduce(profile: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), methods: tuple[str, ...] = RUN_METHODS,
+def reproduce(profile: str = "cpu", seeds: tuple[int, ...] | None = None, methods: tuple[str, ...] = RUN_METHODS,
               runs_dir: str = "runs", logs_dir: str | None = None, overrides: list[str] | None = None,
               make_figures: bool = True, figures_dir: str | None = None) -> dict:
-    from rlsd.runs import final_eval, load_runs, mean_spread
+    from rlsd.runs import load_runs, summarise, summary_markdown
     from rlsd.trainer import train
 
     t_start = time.time()
@@ -78,7 +87,7 @@ def reproduce(profile: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), methods:
     timings = {}
     for name in methods:
         method, extra = run_name_config(name)
-        for seed in seeds:
+        for seed in seeds_of(name, seeds):
             out = Path(runs_dir) / profile / f"{name}-s{seed}"
             if (out / "checkpoint" / "state.pt").exists() and _finished(out, probe.steps):
                 print(f"{name} seed {seed}: finished earlier, skipped")
@@ -93,17 +102,12 @@ def reproduce(profile: str = "cpu", seeds: tuple[int, ...] = (0, 1, 2), methods:
                 if (out / f).exists():
                     shutil.copy2(out / f, dest / f)
 
-    runs = load_runs(logs)
-    table = {"base": {"accuracy": base["student/none"]["accuracy"], "teacher_format": base["teacher/none"]["accuracy"],
-                      "blank": base["student/blank"]["accuracy"], "shuffled": base["student/shuffled"]["accuracy"],
-                      "majority": base["student/none"]["majority_baseline"],
-                      "ideal_observer": base["ideal_observer_accuracy"]}}
-    for name, per_seed in runs.items():
-        table[name] = {key: mean_spread(final_eval(per_seed, key))
-                       for key in ("accuracy", "leak_rate", "mention_prob", "unsupported_answer_rate")}
-    summary = {"profile": profile, "seeds": list(seeds), "wall_time_s": time.time() - t_start,
-               "run_times_s": timings, "table": table}
+    runs = {name: per_seed for name, per_seed in load_runs(logs).items() if name in methods}
+    summary = {"profile": profile, "seeds": {name: list(seeds_of(name, seeds)) for name in methods},
+               "wall_time_s": time.time() - t_start, "run_times_s": timings,
+               **summarise(runs, base, lambda_steps=probe.rlsd_decay_steps)}
     (logs / "summary.json").write_text(json.dumps(summary, indent=2))
+    (logs / "summary.md").write_text(summary_markdown(summary))
     if make_figures:
         draw_figures(logs, suffix="" if profile == "cpu" else f"_{profile}", directory=figures_dir)
     return summary

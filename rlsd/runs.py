@@ -341,3 +341,179 @@ def notebook_logs(profile: str, smoke_methods: tuple[str, ...], smoke_seeds: tup
     if not (logs / "summary.json").exists():
         print(f"{logs}/summary.json is missing: the reproduction has not finished; analysing the runs present.")
     return logs
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Paired endpoints (issue: statistics a reviewer accepts). Runs of different methods with the same seed share their
+# prompts and sampling seeds, so differences are taken seed by seed and summarised by their mean and paired
+# standard error -- much tighter than comparing two unpaired means.
+
+
+def per_seed_auc(per_seed: dict[int, dict], key: str = "accuracy") -> dict[int, float]:
+    """Per seed: the area under the test curve of `key` divided by its step span (trapezoids; a mean level)."""
+    out = {}
+    for seed, logs in per_seed.items():
+        steps, values = curve(logs["eval"], key)
+        if len(steps) >= 2:
+            out[seed] = float(np.trapezoid(values, steps) / (steps[-1] - steps[0]))
+    return out
+
+
+def per_seed_final(per_seed: dict[int, dict], key: str = "accuracy") -> dict[int, float]:
+    return {seed: logs["eval"][-1][key] for seed, logs in per_seed.items()
+            if logs["eval"] and logs["eval"][-1].get(key) is not None}
+
+
+def per_seed_peak(per_seed: dict[int, dict], key: str, kind: str = "eval") -> dict[int, float]:
+    out = {}
+    for seed, logs in per_seed.items():
+        _, values = curve(logs[kind], key)
+        if len(values):
+            out[seed] = float(values.max())
+    return out
+
+
+def per_seed_window(per_seed: dict[int, dict], key: str, first_step: int, last_step: int,
+                    kind: str = "metrics") -> dict[int, float]:
+    """Per seed: the mean of `key` over the records with first_step <= step <= last_step."""
+    out = {}
+    for seed, logs in per_seed.items():
+        steps, values = curve(logs[kind], key)
+        sel = (steps >= first_step) & (steps <= last_step)
+        if sel.any():
+            out[seed] = float(values[sel].mean())
+    return out
+
+
+def per_seed_steps_to(per_seed: dict[int, dict], threshold: float, key: str = "reward_mean",
+                      window: int = 10) -> dict[int, float]:
+    """Per seed: the first step at which the `window`-step trailing mean of `key` reaches `threshold`.
+
+    A seed that never reaches it gets its last step + `window` (censored: "later than the run"), so a paired
+    difference stays defined and conservative."""
+    out = {}
+    for seed, logs in per_seed.items():
+        steps, values = curve(logs["metrics"], key)
+        if not len(values):
+            continue
+        trailing = np.convolve(values, np.ones(window) / window, mode="valid")
+        hit = np.nonzero(trailing >= threshold)[0]
+        out[seed] = float(steps[hit[0] + window - 1]) if len(hit) else float(steps[-1] + window)
+    return out
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
+    """a - b seed by seed over the seeds both have: mean, paired standard error, n, and the per-seed values."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    if not diffs:
+        return {"mean": None, "se": None, "n": 0, "per_seed": {}}
+    se = statistics.stdev(diffs) / np.sqrt(len(diffs)) if len(diffs) > 1 else None
+    return {"mean": statistics.fmean(diffs), "se": None if se is None else float(se), "n": len(diffs),
+            "positive": sum(d > 0 for d in diffs), "per_seed": dict(zip(seeds, diffs))}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The reproduction's summary: computed from the logs by code, written to data/runs/<profile>/summary.{json,md}; the
+# README and the notebooks show these numbers, never hand-typed ones.
+
+REWARD_THRESHOLD_MARGIN = 0.05
+"""Steps-to-threshold endpoint, declared before running: the first step at which a run's 10-step trailing training
+reward reaches GRPO's mean training reward over steps 1-10 (pooled over seeds) + this margin."""
+
+
+def _spread(values: dict[int, float] | list[float]) -> dict:
+    return mean_spread(list(values.values()) if isinstance(values, dict) else list(values))
+
+
+def summarise(runs: dict, base: dict, lambda_steps: int) -> dict:
+    """Per run type: endpoints over seeds; per run type vs GRPO: paired differences (mean, paired SE, n)."""
+    student = base["student/none"]
+    runs = with_base_eval(runs, student)  # the warm start is every test curve's step-0 point
+    table = {"base": {
+        "accuracy": student["accuracy"], "teacher_format": base["teacher/none"]["accuracy"],
+        "blank": base["student/blank"]["accuracy"], "shuffled": base["student/shuffled"]["accuracy"],
+        "majority": student["majority_baseline"], "ideal_observer": base["ideal_observer_accuracy"],
+        **{f"{fmt}_{k}": base[f"{fmt}/none"].get(k) for fmt in ("student", "teacher")
+           for k in ("readout_accuracy_needed", "readout_accuracy_unneeded", "mention_prob")}}}
+    grpo = runs.get("grpo", {})
+    first = [r["reward_mean"] for logs in grpo.values() for r in logs["metrics"] if r["step"] <= 10]
+    threshold = (statistics.fmean(first) + REWARD_THRESHOLD_MARGIN) if first else None
+    last_step = max((r["step"] for per_seed in runs.values() for logs in per_seed.values()
+                     for r in logs["metrics"]), default=0)
+    endpoints = {}
+    for name, per_seed in runs.items():
+        e = {"auc": per_seed_auc(per_seed), "final": per_seed_final(per_seed),
+             "peak_mention_prob": per_seed_peak(per_seed, "mention_prob"),
+             "peak_leak_rate": per_seed_peak(per_seed, "leak_rate"),
+             "peak_unsupported": per_seed_peak(per_seed, "unsupported_answer_rate"),
+             "final_unsupported": per_seed_final(per_seed, "unsupported_answer_rate"),
+             "reward_lambda_window": per_seed_window(per_seed, "reward_mean", 1, lambda_steps),
+             "reward_after": per_seed_window(per_seed, "reward_mean", lambda_steps + 1, last_step),
+             "final_entropy": {s: v for s, v in zip(per_seed, window_mean(per_seed, "entropy"))},
+             "clip_frac_ours": {s: v for s, v in zip(per_seed, run_mean(per_seed, "weight_clip_low_frac"))},
+             "clip_frac_ours_high": {s: v for s, v in zip(per_seed, run_mean(per_seed, "weight_clip_high_frac"))},
+             "clip_frac_authors": {s: v for s, v in zip(per_seed, run_mean(per_seed, "weight_clip_frac_all_tokens"))}}
+        if threshold is not None:
+            e["steps_to_reward"] = per_seed_steps_to(per_seed, threshold)
+        mention = peak_and_final(per_seed, "mention_prob")
+        endpoints[name] = e
+        table[name] = {**{k: _spread(v) for k, v in e.items()}, "n_seeds": len(per_seed),
+                       "mention_peak_step": mention.get("peak_step"), "accuracy_curve": peak_and_final(per_seed)}
+        table[name]["clip_frac_ours"] = _spread({s: e["clip_frac_ours"][s] + e["clip_frac_ours_high"].get(s, 0.0)
+                                                 for s in e["clip_frac_ours"]})
+    paired = {name: {k: paired_difference(e[k], endpoints["grpo"][k]) for k in
+                     ("auc", "final", "steps_to_reward", "reward_lambda_window", "reward_after", "final_entropy",
+                      "peak_mention_prob") if k in e and "grpo" in endpoints}
+              for name, e in endpoints.items() if name != "grpo"}
+    return {"table": table, "paired_vs_grpo": paired, "declared": {
+        "reward_threshold": threshold, "lambda_steps": lambda_steps,
+        "reward_threshold_rule": f"GRPO's mean training reward over steps 1-10 + {REWARD_THRESHOLD_MARGIN}"}}
+
+
+def _pm(d: dict | None, scale: float = 100.0, digits: int = 1, se: bool = False) -> str:
+    if not d or d.get("mean") is None:
+        return "—"
+    spread = d.get("se") if se else d.get("std")
+    text = f"{d['mean'] * scale:+.{digits}f}" if se else f"{d['mean'] * scale:.{digits}f}"
+    if spread is not None:
+        text += f" ± {spread * scale:.{digits}f}"
+    if se:
+        text += f" ({d.get('positive', 0)}/{d['n']})"
+    return text
+
+
+def summary_markdown(summary: dict) -> str:
+    """The two tables the README and notebook 03 show: endpoints per run type, and paired differences vs GRPO."""
+    t, paired = summary["table"], summary["paired_vs_grpo"]
+    names = [m for m in (*METHOD_ORDER, "rlsd_const") if m in t] + sorted(set(t) - set(METHOD_ORDER) - {"base", "rlsd_const"})
+    label = {**METHOD_LABEL, "rlsd_const": "RLSD, constant λ"}
+    lines = [f"Warm start: student {t['base']['accuracy'] * 100:.1f}%, teacher format "
+             f"{t['base']['teacher_format'] * 100:.1f}%, blank images {t['base']['blank'] * 100:.1f}%, shuffled "
+             f"{t['base']['shuffled'] * 100:.1f}%, majority {t['base']['majority'] * 100:.1f}%, ideal observer "
+             f"{t['base']['ideal_observer'] * 100:.1f}%.", "",
+             "| run | seeds | test accuracy, final % | area under test curve % | peak P(mention) % (step) "
+             "| peak unsupported % | final entropy (nats) | clip % (ours / authors') |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        r = t[n]
+        lines.append(f"| {label.get(n, n)} | {r['n_seeds']} | {_pm(r['final'])} | {_pm(r['auc'])} | "
+                     f"{_pm(r['peak_mention_prob'], digits=2)} ({r['mention_peak_step']}) | "
+                     f"{_pm(r['peak_unsupported'])} | {_pm(r['final_entropy'], 1.0, 3)} | "
+                     f"{_pm(r['clip_frac_ours'])} / {_pm(r['clip_frac_authors'])} |")
+    d = summary["declared"]
+    lines += ["", f"Paired by seed against GRPO (mean difference ± paired standard error, (seeds with a positive "
+              f"difference / seeds)); steps to a training reward of {d['reward_threshold'] * 100:.1f}% "
+              f"({d['reward_threshold_rule']}); λ window = steps 1–{d['lambda_steps']}:" if d["reward_threshold"]
+              is not None else "", "",
+              "| run − GRPO | Δ area under test curve, points | Δ final accuracy, points | Δ steps to threshold "
+              "| Δ training reward while λ > 0, points | Δ training reward after, points | Δ final entropy (nats) |",
+              "|---|---|---|---|---|---|---|"]
+    for n in names:
+        if n == "grpo" or n not in paired:
+            continue
+        p = paired[n]
+        lines.append(f"| {label.get(n, n)} | {_pm(p.get('auc'), se=True)} | {_pm(p.get('final'), se=True)} | "
+                     f"{_pm(p.get('steps_to_reward'), 1.0, 0, se=True)} | {_pm(p.get('reward_lambda_window'), se=True)} "
+                     f"| {_pm(p.get('reward_after'), se=True)} | {_pm(p.get('final_entropy'), 1.0, 3, se=True)} |")
+    return "\n".join(lines) + "\n"

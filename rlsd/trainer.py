@@ -441,6 +441,8 @@ class Trainer:
             "entropy": ent / max(tokens, 1), "response_tokens_mean": tokens / n, "truncated_frac": trunc / n,
             "zero_std_group_frac": zero_std / groups, "lambda": stats["lam"],
             "weight_clip_low_frac": clo / wtok if wtok else 0.0, "weight_clip_high_frac": chi / wtok if wtok else 0.0,
+            # the authors' convention: clipped tokens over ALL response tokens (ours: over tokens with A != 0)
+            "weight_clip_frac_all_tokens": (clo + chi) / max(tokens, 1),
             "delta_mean": delta / max(tokens, 1) if teacher_used else 0.0,
             "kl_student_teacher": kl_t / max(tokens, 1) if teacher_used else 0.0,
             "loss": loss_sum / max(tokens, 1), "pg_loss": pg / max(tokens, 1), "distill_loss": dist / max(tokens, 1),

@@ -163,7 +163,7 @@ def test_rlsd_lambda_schedule():
     assert rlsd_lambda(49) == pytest.approx(0.01)
     assert rlsd_lambda(50) == 0.0 and rlsd_lambda(500) == 0.0
     assert rlsd_lambda(3, lam0=1.0, decay_steps=4) == pytest.approx(0.25)
-    assert rlsd_lambda(0, decay_steps=0) == 0.0
+    assert rlsd_lambda(0, decay_steps=0) == 0.5 and rlsd_lambda(900, lam0=0.3, decay_steps=0) == 0.3  # constant
     with pytest.raises(ValueError):
         rlsd_lambda(-1)
 

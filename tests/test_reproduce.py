@@ -22,7 +22,8 @@ def test_reproduce_smoke_writes_logs_table_and_figures(tmp_path, monkeypatch):
     assert {"base", "grpo", "rlsd", "opsd_online"} <= set(table)
     assert 0 <= table["base"]["accuracy"] <= 1 and 0 <= table["base"]["blank"] <= 1
     for name in ("grpo", "rlsd", "opsd_online"):
-        assert table[name]["accuracy"]["n"] == 1
+        assert table[name]["final"]["n"] == 1 and table[name]["n_seeds"] == 1
+        assert 0 <= table[name]["auc"]["mean"] <= 1
         logs = tmp_path / "logs" / f"{name}-s0"
         assert {p.name for p in logs.iterdir()} >= {"config.json", "metrics.jsonl", "eval.jsonl"}
         assert not (logs / "checkpoint").exists()  # only small logs are kept beside the figures
@@ -31,6 +32,11 @@ def test_reproduce_smoke_writes_logs_table_and_figures(tmp_path, monkeypatch):
     figs = {p.name for p in (tmp_path / "figs").iterdir()}
     assert {"03_training_dynamics_smoke.png", "02_leakage_smoke.pdf"} <= figs
     assert json.loads((tmp_path / "logs" / "summary.json").read_text())["table"] == json.loads(json.dumps(table))
+    paired = summary["paired_vs_grpo"]["rlsd"]
+    assert paired["auc"]["n"] == 1 and paired["final"]["per_seed"][0] == pytest.approx(
+        table["rlsd"]["final"]["mean"] - table["grpo"]["final"]["mean"])
+    markdown = (tmp_path / "logs" / "summary.md").read_text()
+    assert "| RLSD |" in markdown and "Paired by seed against GRPO" in markdown
 
     # Re-running skips finished runs (resumable main job) and leaves their logs unchanged.
     before = (tmp_path / "logs" / "grpo-s0" / "metrics.jsonl").read_text()

@@ -343,8 +343,7 @@ HOOK = textwrap.dedent('''
         import json
         import torch
         import rlsd.trainer as T
-        from trainer_helpers import (assert_same_records, assert_same_state, changed, checkpoint, cli_train,
-                             even_length_rewards, read_jsonl, smoke_config)
+        from rlsd.verifier import VerifyResult
 
         path = os.path.join(log_dir, "rank%s.jsonl" % os.environ["RANK"])
         def write(**record):
