@@ -45,7 +45,7 @@ if "google.colab" in sys.modules:
 # 3. **SGD on the OPSD objective** with one sampled $r$ per step: the loss never drops below the floor, and at a
 #    constant learning rate the student keeps following whichever $r$ it saw last.
 # 4. **Proposition 1.** The per-sample gradient is the ideal gradient plus zero-mean noise; we derive its exact
-#    variance and check it (and the formula in `DESIGN.md`) against sampled gradients.
+#    variance and check it (and the commonly stated diagonal formula) against sampled gradients.
 # 5. **Theorem 4.** The quantity RLSD uses instead — the teacher/student ratio of the *sampled* token — is exactly the
 #    update of the model's belief in $r$, and its product over a response telescopes.
 #
@@ -271,10 +271,10 @@ save(th.plot_sgd(runs, mi), "01_sgd_floor")
 # total variance is
 #
 # $$ \mathbb{E}_r \|\delta\|^2 = \sum_{v, v'} C_{vv'}\, \langle s_v, s_{v'} \rangle
-# = \underbrace{\sum_v \mathrm{Var}_r\big[P_T(v\mid r)\big]\, \|s_v\|^2}_{\text{DESIGN.md's formula}}
+# = \underbrace{\sum_v \mathrm{Var}_r\big[P_T(v\mid r)\big]\, \|s_v\|^2}_{\text{the diagonal formula}}
 # + \sum_{v \ne v'} C_{vv'}\, \langle s_v, s_{v'} \rangle . $$
 #
-# So the formula stated in `DESIGN.md` is the diagonal part. It is exact when the scores of different tokens are
+# So the commonly stated formula is the diagonal part. It is exact when the scores of different tokens are
 # orthogonal — e.g. when the coordinates are the probabilities themselves, $s_v = e_v / P_S(v)$ — and in general it is
 # **neither exact nor a bound**. For the usual softmax over free logits, $s_v = e_v - P_S$, and because every row of
 # $C$ sums to zero (each $P_T(\cdot\mid r)$ sums to 1) all terms involving $P_S$ cancel:
@@ -316,7 +316,7 @@ print("softmax logits: E|delta|^2 = sum_v Var_r P_T(v|r) =", num(th.prop1_varian
 # Now the check the proposition is about: draw many $r \sim p(r)$, form $\delta(r) = g(r) - \bar g$ for each draw and
 # measure its mean and variance. Left panel: the hand-built case at the students above (error bars: two standard
 # errors of the sampled mean of $\|\delta\|^2$). Right panel: random cases and random softmax-logit students, from
-# nearly uniform to sharply peaked; the exact formula lies on the diagonal, DESIGN.md's formula scatters on both sides.
+# nearly uniform to sharply peaked; the exact formula lies on the diagonal, the diagonal formula scatters on both sides.
 
 # %%
 bars = {
@@ -347,7 +347,7 @@ print(f"{SIZES['noise_cases']} random softmax students: median |sampled/exact - 
 save(th.plot_gradient_noise(bars, scatter), "01_gradient_noise")
 
 # %% [markdown]
-# The noise is the leakage mechanism of `DESIGN.md` §2 in miniature: each $\delta(r)$ pushes the student toward the
+# The noise is the paper's leakage mechanism in miniature: each $\delta(r)$ pushes the student toward the
 # behaviour of the teacher told *this* $r$ — behaviour that $x$ alone cannot justify. Its size is set by how much the
 # teacher's next-token distribution varies with $r$, i.e. by the same quantity that sets the MI floor.
 

@@ -60,7 +60,7 @@ if "google.colab" in sys.modules:
 #
 # **The controls.** The warm start was trained on *both* prompt formats, and a minority of its teacher-format targets
 # open with "the reference answer is N ," (`rlsd/sft.py`, the leakable habit). So the student's weights already hold
-# the teacher's habits, and a policy could drift into them **with no teacher in the loss at all** (DESIGN.md §5 saw
+# the teacher's habits, and a policy could drift into them **with no teacher in the loss at all** (an earlier probe of this testbed saw
 # exactly this in a GRPO run of an earlier probe). **GRPO** is therefore the control: leakage counts as OPSD's only
 # where it exceeds GRPO's. **RLSD** uses the same answer-conditioned teacher as OPSD, but only to rescale the
 # magnitude of a reward-signed advantage on the sampled tokens, within $[0.8, 1.2]$; the paper's claim is that this

@@ -134,16 +134,15 @@ def cmd_bench(args):
 
 
 def cmd_profiles(args):
-    from pathlib import Path
+    from rlsd.memory import profile_table
 
-    from rlsd.memory import profile_table, splice_readme
-
-    if args.write_readme:
-        readme = Path(args.write_readme)
-        readme.write_text(splice_readme(readme.read_text()))
-        print(f"updated the profile table in {readme}")
-        return
     print(profile_table())
+
+
+def cmd_readme(args):
+    from rlsd.readme import main as readme_main
+
+    return readme_main(check=args.check)
 
 
 def cmd_evaluate(args):
@@ -229,8 +228,11 @@ def main(argv=None):
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("profiles", help="the GPU profiles and their estimated peak memory (Markdown table)")
-    p.add_argument("--write-readme", metavar="README", default=None, help="replace the table in this README")
     p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("readme", help="rewrite the README's generated blocks from their sources (rlsd.readme)")
+    p.add_argument("--check", action="store_true", help="only check: exit 1 if a block is stale")
+    p.set_defaults(func=cmd_readme)
 
     p = sub.add_parser("evaluate", help="evaluate a model directory on the testbed")
     p.add_argument("--model", default="data/tiny-sft", help="model directory")
@@ -277,7 +279,7 @@ def main(argv=None):
     if late:
         args.overrides = list(args.overrides) + late
     try:
-        args.func(args)
+        code = args.func(args)
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         # Bad input (DataError, CheckpointError and config errors are ValueError/RuntimeError subclasses) and path
         # problems: one line, exit code 2. RLSD_DEBUG=1 shows the traceback.
@@ -285,7 +287,7 @@ def main(argv=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 def _is_user_error(e: BaseException) -> bool:

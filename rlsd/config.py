@@ -24,7 +24,7 @@ class TrainConfig:
     """Everything a training run needs; saved as config.json in the run directory."""
 
     method: str = "rlsd"
-    """grpo | rlsd | opsd | sdpo | grpo_opsd (DESIGN.md §1)."""
+    """grpo | rlsd | opsd | sdpo | grpo_opsd (the formula table of rlsd/algorithm.py)."""
     seed: int = 0
     """Seed of rollouts, prompt order and evaluation."""
     out: str = "runs/rlsd"

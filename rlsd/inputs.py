@@ -107,7 +107,7 @@ class PromptBatch:
         response_mask_BT = response_mask_BT.to(self.attention_mask_BP.device, self.attention_mask_BP.dtype)
         inputs["input_ids"] = torch.cat([self.input_ids_BP, response_ids_BT], dim=1)
         inputs["attention_mask"] = torch.cat([self.attention_mask_BP, response_mask_BT], dim=1)
-        # M-RoPE positions are computed from mm_token_type_ids over the whole sequence (DESIGN.md §5).
+        # M-RoPE positions are computed from mm_token_type_ids over the whole sequence.
         inputs["mm_token_type_ids"] = torch.cat(
             [self.mm_token_type_ids_BP, torch.zeros_like(response_ids_BT, dtype=self.mm_token_type_ids_BP.dtype)],
             dim=1)

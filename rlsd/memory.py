@@ -99,14 +99,3 @@ def profile_table() -> str:
                     f"{e.rollout:.1f} | {e.update:.1f} | {e.vllm:.1f} |")
     return "\n".join(rows)
 
-
-README_MARKERS = ("<!-- profiles:begin", "<!-- profiles:end -->")
-
-
-def splice_readme(readme_text: str) -> str:
-    """The README with the block between the profile markers replaced by `profile_table()`."""
-    begin, end = README_MARKERS
-    i = readme_text.index(begin)
-    i = readme_text.index("\n", i) + 1
-    j = readme_text.index(end, i)
-    return readme_text[:i] + profile_table() + "\n" + readme_text[j:]

@@ -4,7 +4,7 @@ One function, `load_policy`, serves both scales: on a GPU it loads Qwen3-VL-2B/8
 NF4 via bitsandbytes) and wraps the language model's attention and MLP projections in LoRA adapters (peft);
 on CPU the same call loads the tiny model saved by `rlsd.tiny.save_tiny`.
 
-CPU trap fixed here (DESIGN.md §5): bitsandbytes' `Linear4bit` repacks its weight for an avx512-bf16 CPU
+CPU trap fixed here (found while building this repository): bitsandbytes' `Linear4bit` repacks its weight for an avx512-bf16 CPU
 kernel after any no-grad forward (e.g. `generate`); afterwards the LoRA adapters receive ZERO gradients.
 `disable_cpu_bf16_repacking` turns that path off on every `Linear4bit`.
 

@@ -1,7 +1,7 @@
 """Student and teacher prompts (chat messages), in the paper's format.
 
 Student: the image(s), the question, and the format instruction.
-Teacher (RLSD, DESIGN.md §1): the same image(s) and question, then the reference FINAL ANSWER, an instruction
+Teacher (RLSD, as the paper prompts it): the same image(s) and question, then the reference FINAL ANSWER, an instruction
 to understand it and solve the problem in its own way, and the same format instruction. The images go to both
 prompts: the teacher forward must see the same pixels as the student.
 """

@@ -50,7 +50,7 @@ def suppressed_token_ids(tokenizer, vocab_size: int) -> list[int]:
     """Ids that must never be generated: every special token except end-of-turn, and padded vocab rows.
 
     A random or tiny model can sample `<|image_pad|>`; re-scoring such a response then fails with
-    "Image features and image tokens do not match" (DESIGN.md §5).
+    "Image features and image tokens do not match".
     """
     eos = {tokenizer.eos_token_id}
     specials = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special} | set(tokenizer.all_special_ids)

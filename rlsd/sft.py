@@ -26,7 +26,7 @@ leak into the student, which the paper observes at scale. Student-format targets
 other teacher targets are in the student's format, so the teacher's evidence is about the steps, not the format.
 
 Schedule: linear warm-up, then a constant rate, then a linear cool-down over the last `cooldown_frac`. A cosine
-schedule had decayed before the model began to use the image in an earlier probe (DESIGN.md §5).
+schedule had decayed before the model began to use the image in an earlier probe.
 """
 
 from __future__ import annotations

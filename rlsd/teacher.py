@@ -1,7 +1,7 @@
 """Teacher weights without a second model.
 
 The teacher is the policy network itself, prompted with the privileged information; what differs between
-methods is WHICH weights it runs with (DESIGN.md §1):
+methods is WHICH weights it runs with:
 
 - `current`:  the policy as it is now (online teacher);
 - `initial`:  the policy before training (OPSD's default). With LoRA this is the adapter disabled: free;

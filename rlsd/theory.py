@@ -1,6 +1,6 @@
 """The theory behind RLSD, on distributions small enough to compute exactly (the engine of notebook 01).
 
-Notation as in DESIGN.md §1–§2: r is the privileged information (the reference answer), x the prompt, y the response.
+Notation as in rlsd/algorithm.py and the paper: r is the privileged information (the reference answer), x the prompt, y the response.
 The student P_S(y_t) = π(y_t | x, y<t) does not see r; the teacher P_T(y_t | r) = π(y_t | x, r, y<t) does. Everything
 here is float64 and natural logs. Shape suffixes: R = values of r, V = vocabulary, A = points of a sweep, D = student
 parameters, N = samples, T = positions, P = prefixes of one length, S = whole sequences.
@@ -19,7 +19,7 @@ Four results, each with functions that compute both sides of the identity:
 3. Proposition 1 (gradient noise). The per-sample OPSD gradient g(r) = ∇_θ KL(P_T(·|r) ‖ P_S,θ) equals the ideal
    gradient ḡ = ∇_θ KL(P̄_T ‖ P_S,θ) plus δ(r) = -Σ_v (P_T(v|r) - P̄_T(v)) ∇_θ log P_S(v), with E_r δ = 0 and
        E_r ‖δ‖² = Σ_{v,v'} Cov_r[P_T(v|r), P_T(v'|r)] · <∇_θ log P_S(v), ∇_θ log P_S(v')>          (exact, any θ).
-   DESIGN.md's Σ_v Var_r[P_T(v|r)] · ‖∇_θ log P_S(v)‖² is the diagonal (v = v') part of this sum. It is exact when
+   The commonly stated Σ_v Var_r[P_T(v|r)] · ‖∇_θ log P_S(v)‖² is the diagonal (v = v') part of this sum. It is exact when
    the scores of different tokens are orthogonal, e.g. when the coordinates are the probabilities themselves
    (`probability_coordinates`), and in general neither exact nor a bound. For a softmax over free logits the exact
    result is simpler: δ(r) = P̄_T - P_T(·|r), so E_r ‖δ‖² = Σ_v Var_r[P_T(v|r)] with no score factor.
@@ -343,7 +343,7 @@ def probability_coordinates(theta_V):
     """Student whose coordinates are its probabilities: log P_S(v) = log θ_v, each token with its own coordinate.
 
     (The gradient is taken in these ambient coordinates, not projected onto the simplex.) Scores
-    ∇_θ log P_S(v) = e_v / θ_v are mutually orthogonal, which is exactly when DESIGN.md's diagonal formula holds.
+    ∇_θ log P_S(v) = e_v / θ_v are mutually orthogonal, which is exactly when the diagonal formula holds.
     """
     return torch.log(theta_V)
 
@@ -372,7 +372,7 @@ def prop1_variance_exact(prior_R, teacher_RV, scores_VD):
 
 
 def prop1_variance_diagonal(prior_R, teacher_RV, scores_VD):
-    """DESIGN.md's Σ_v Var_r[P_T(v|r)]·‖∇_θ log P_S(v)‖²: the v = v' terms of `prop1_variance_exact` only."""
+    """The commonly stated Σ_v Var_r[P_T(v|r)]·‖∇_θ log P_S(v)‖²: the v = v' terms of `prop1_variance_exact` only."""
     var_V = torch.diagonal(teacher_covariance(prior_R, teacher_RV))
     return float((var_V * (scores_VD**2).sum(1)).sum())
 
@@ -485,7 +485,7 @@ def student_after_each_r(run, num_r, burn_in=0):
 def evidence_weights(model, y_T, r, student=None):
     """w_t = P_T(y_t | r, y<t) / P_S(y_t | y<t) along the response y_T (the student defaults to the Bayes student).
 
-    This is the RLSD weight for A > 0 before clipping (DESIGN.md §1). Returns a float64 tensor (T,).
+    This is the RLSD weight for A > 0 before clipping (rlsd/algorithm.py). Returns a float64 tensor (T,).
     """
     student = bayes_student(model) if student is None else student
     weights = []
@@ -630,7 +630,7 @@ def plot_sgd(runs, mi, rate=0.02):
 
 
 def plot_gradient_noise(bars, scatter):
-    """(c) Proposition 1. Left: for each student parameterisation, the exact formula and DESIGN.md's diagonal formula
+    """(c) Proposition 1. Left: for each student parameterisation, the exact formula and the diagonal formula
     divided by the sampled E_r ‖δ‖² (error bars: ± 2 s.e. of the sampled value). Right: over random cases and
     students, both formulas against the sampled value (softmax logits).
 
@@ -657,7 +657,7 @@ def plot_gradient_noise(bars, scatter):
     empirical = np.asarray(scatter["empirical"])
     ax_scatter.scatter(empirical, scatter["exact"], s=12, color="tab:blue", label="exact: Σ_v Var_r[P_T(v|r)]")
     ax_scatter.scatter(empirical, scatter["diagonal"], s=12, color="tab:gray", marker="x",
-                       label="diagonal (DESIGN.md) formula")
+                       label="diagonal formula")
     lim = [0.0, 1.05 * max(empirical.max(), np.max(scatter["diagonal"]), np.max(scatter["exact"]))]
     ax_scatter.plot(lim, lim, color="black", lw=0.8, ls=":")
     ax_scatter.set_xlim(lim)

@@ -6,7 +6,7 @@ real Qwen3-VL-2B/8B on a GPU. Only the sizes and the vocabulary are small.
 
 Tokenizer: byte-level BPE with no merges (any text round-trips through the 256 byte tokens) plus
 whole-word tokens for the chat template, the prompt phrases and the testbed's vocabulary. A pure byte
-tokenizer makes testbed sequences ~2.7x longer and spends most compute on template bytes (DESIGN.md §5).
+tokenizer makes testbed sequences ~2.7x longer and spends most compute on template bytes.
 
 Images: patch 16 px with `spatial_merge_size=1`, so a 96x96 image is 6x6 = 36 visual tokens, one per cell
 of the testbed's grids.

@@ -45,11 +45,3 @@ def test_profile_table_lists_every_gpu_profile():
     table = profile_table()
     assert all(f"`{name}`" in table for name in GPU_PROFILES)
 
-
-def test_readme_shows_the_generated_table():
-    from pathlib import Path
-
-    from rlsd.memory import splice_readme
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert splice_readme(readme) == readme, "run: python -m rlsd profiles --write-readme README.md"

@@ -34,7 +34,7 @@ From the hub: ``load_hub_items(name)`` (``hub.py``) loads the five benchmarks wi
 ``run_benchmarks``) generates resumably and writes one Table-2 row with 95% intervals.
 
 ``load_benchmark`` downloads nothing: every local loader reads a local directory.  When the image files are absent (annotation-only
-checkouts such as ``/work/shared/benchmarks``) the loaders still work, set ``item.images_missing`` and log one
+checkouts of annotation files without their images) the loaders still work, set ``item.images_missing`` and log one
 warning, so that responses produced elsewhere can be scored; ``generate_responses`` refuses such items by name.
 """
 

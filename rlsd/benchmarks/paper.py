@@ -2,7 +2,7 @@
 
 ``PAPER_TABLE2`` holds the published accuracies (%) of Qwen3-VL-8B-Instruct trained by each method, on MMMU
 (validation), MathVista (testmini), MathVision (test), ZeroBench (sub-questions) and WeMath, plus the paper's
-average.  They are the paper's numbers (DESIGN.md §3), copied, not measured here.
+average.  They are the paper's numbers, copied, not measured here.
 
 Tables are lists of row dicts (no pandas), written by ``write_table`` as CSV (numbers, for machines) and Markdown
 (formatted, for reading).  Three builders:
