@@ -120,6 +120,9 @@ class TrainConfig:
     """SDPO's JSD mixing weight α."""
     sdpo_ema_rate: float = 0.05
     """SDPO teacher = EMA of the policy with this rate per step."""
+    sdpo_demo: str = "answer"
+    """What an SDPO teacher is shown of a successful sibling: 'answer' (its final answer -- lasgroup/SDPO removes
+    the reasoning from demonstrations) or 'full' (the whole response)."""
 
     # --- evaluation and artefacts
     eval_every: int = 25
@@ -221,6 +224,8 @@ class TrainConfig:
             bad("sdpo_top_k", f"must be >= 1, got {self.sdpo_top_k}")
         if not 0 < self.sdpo_ema_rate <= 1:
             bad("sdpo_ema_rate", f"must be in (0, 1], got {self.sdpo_ema_rate}")
+        if self.sdpo_demo not in ("answer", "full"):
+            bad("sdpo_demo", f"must be 'answer' or 'full', got {self.sdpo_demo!r}")
         if self.grpo_opsd_mu < 0:
             bad("grpo_opsd_mu", f"must be >= 0, got {self.grpo_opsd_mu}")
         return self

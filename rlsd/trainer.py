@@ -59,7 +59,7 @@ from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
 from rlsd.scoring import score_responses, suppress_mask, suppressed_token_ids
 from rlsd.teacher import TeacherWeights
-from rlsd.verifier import score_batch
+from rlsd.verifier import extract_answer, score_batch
 
 TEACHER_MODE = {"grpo": None, "rlsd": "snapshot", "opsd": None, "grpo_opsd": None, "sdpo": "ema"}
 NEEDS_REWARD = {"grpo", "rlsd", "grpo_opsd"}
@@ -103,15 +103,24 @@ def reference_text(problem: Problem, cfg: TrainConfig) -> str:
     return problem.answer
 
 
-def sdpo_demonstrations(responses: list[str], rewards: list[float], group_size: int) -> list[str | None]:
-    """For each response, a successful sibling from its group (another one if possible), or None."""
+def sdpo_demonstrations(responses: list[str], rewards: list[float], group_size: int,
+                        content: str = "answer") -> list[str | None]:
+    """For each response, the demonstration its SDPO teacher is shown: a successful sibling, or None.
+
+    As in lasgroup/SDPO: never the response itself (`dont_reprompt_on_self_success`: the only success of its group
+    gets none), and without the sibling's reasoning (`remove_thinking_from_demonstration`; content="answer": what is
+    left of a <thought>...<answer> response is its final answer; "full": the whole response). A response with no
+    demonstration is masked out of the distillation loss (`Trainer.update`)."""
     demos = []
     for i in range(len(responses)):
         g0 = (i // group_size) * group_size
-        winners = [j for j in range(g0, g0 + group_size) if rewards[j] > 0]
-        others = [j for j in winners if j != i]
-        pick = others[0] if others else (winners[0] if winners else None)
-        demos.append(None if pick is None else responses[pick])
+        others = [j for j in range(g0, g0 + group_size) if rewards[j] > 0 and j != i]
+        if not others:
+            demos.append(None)
+        elif content == "full":
+            demos.append(responses[others[0]])
+        else:
+            demos.append(extract_answer(responses[others[0]]) or responses[others[0]])
     return demos
 
 
@@ -245,7 +254,7 @@ class Trainer:
         if cfg.method == "grpo":
             return None
         if cfg.method == "sdpo":
-            demos = sdpo_demonstrations(responses, rewards_N.tolist(), G)
+            demos = sdpo_demonstrations(responses, rewards_N.tolist(), G, cfg.sdpo_demo)
             messages = [teacher_messages(p.question, d, len(p.images), cfg.format_instruction) if d else
                         student_messages(p.question, len(p.images), cfg.format_instruction)
                         for p, d in zip(grouped, demos)]
@@ -290,6 +299,11 @@ class Trainer:
         local_tokens = mask_NT.sum().float().to(self.acc.device)
         global_tokens = self.acc.reduce(local_tokens.clone(), reduction="sum").clamp(min=1)
         scale = self.acc.num_processes / global_tokens
+        if cfg.method == "sdpo":  # only responses that have a demonstration are distilled (lasgroup/SDPO)
+            has_demo_N = torch.tensor([d is not None for d in sdpo_demonstrations(
+                batch.responses, batch.rewards_N.tolist(), cfg.group_size, cfg.sdpo_demo)])
+            distilled = (mask_NT * has_demo_N.unsqueeze(-1)).sum().float().to(self.acc.device)
+            sd_scale = self.acc.num_processes / self.acc.reduce(distilled.clone(), reduction="sum").clamp(min=1)
         lam = alg.rlsd_lambda(self.step, cfg.rlsd_lam0, cfg.rlsd_decay_steps) if cfg.method == "rlsd" else 0.0
 
         for group in self.optimizer.param_groups:
@@ -345,10 +359,16 @@ class Trainer:
                 loss_terms.append(mu * jsd * n_tok)
                 stats["distill_loss"] += float(jsd.detach()) * float(n_tok)
             if cfg.method == "sdpo":
-                div, _ = s.divergence(teacher_s, mask_BT, lambda s_, t_, m_: alg.topk_tail_divergence(
-                    s_, t_, m_, cfg.sdpo_top_k, cfg.sdpo_alpha))
-                loss_terms.append(div * n_tok)
-                stats["distill_loss"] += float(div.detach()) * float(n_tok)
+                sd_mask_BT = mask_BT * has_demo_N[rows].to(mask_BT.device).unsqueeze(-1)
+                n_sd = sd_mask_BT.sum()
+                if n_sd > 0:
+                    div, _ = s.divergence(teacher_s, sd_mask_BT, lambda s_, t_, m_: alg.topk_tail_divergence(
+                        s_, t_, m_, cfg.sdpo_top_k, cfg.sdpo_alpha))
+                    # token-mean over the distilled tokens of the global batch (rescaled from the common `scale`)
+                    loss_terms.append(div * n_sd * (sd_scale / scale))
+                    stats["distill_loss"] += float(div.detach()) * float(n_sd)
+                else:  # no demonstration in this micro-batch: a zero loss that still reaches every parameter
+                    loss_terms.append(s.logp_BT.sum() * 0.0)
             loss_sum = sum(loss_terms)
             self.acc.backward(loss_sum * scale)
             stats["loss_sum"] += float(loss_sum.detach())

@@ -28,6 +28,7 @@ import rlsd.algorithm
 import rlsd.trainer as T
 from rlsd.__main__ import main as cli_main
 from rlsd.config import make_config
+from rlsd.verifier import VerifyResult
 from trainer_helpers import (assert_same_records, assert_same_state, changed, checkpoint, cli_train,
                              even_length_rewards, read_jsonl, smoke_config)
 
@@ -460,20 +461,33 @@ def test_step_seed_is_pure_and_distinct():
     assert T.step_seed(1, 2, 3) == T.step_seed(1, 2, 3)
 
 
-def test_sdpo_demonstrations_pick_a_successful_sibling():
+def test_sdpo_demonstrations_as_lasgroup_sdpo():
     G = 4
-    responses = ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "c0", "c1", "c2", "c3"]
+    responses = ["<thought>a0</thought><answer>0</answer>", "<thought>x</thought><answer>5</answer>", "a2",
+                 "<thought>y</thought><answer>5</answer>", "b0", "b1", "b2", "b3", "c0", "c1", "c2", "c3"]
     rewards = [0, 1, 0, 1,  # two winners
                1, 0, 0, 0,  # one winner
                0, 0, 0, 0]  # failed group
     demos = T.sdpo_demonstrations(responses, rewards, G)
     assert len(demos) == len(responses)
-    assert demos[0] in ("a1", "a3") and demos[2] in ("a1", "a3")
-    assert demos[1] == "a3" and demos[3] == "a1"  # a winner is shown ANOTHER winner
-    assert demos[4] == "b0"  # the only winner: itself, there is no other
-    assert demos[5:8] == ["b0", "b0", "b0"]
+    assert demos[:4] == ["5", "5", "5", "5"]  # the sibling's final answer, its reasoning removed
+    full = T.sdpo_demonstrations(responses, rewards, G, content="full")
+    assert full[1] == responses[3] and full[3] == responses[1]  # a winner is shown ANOTHER winner
+    assert demos[4] is None  # the only winner: no demonstration (never itself)
+    assert full[5:8] == ["b0", "b0", "b0"]
     assert demos[8:] == [None] * 4  # nobody succeeded: no demonstration
-    assert T.sdpo_demonstrations(["x", "y"], [0.0, 1.0], 2) == ["y", "y"]
+
+
+def test_sdpo_distils_only_responses_with_a_demonstration(tiny_dir, tmp_path, monkeypatch):
+    """Rows without a demonstration get no distillation gradient: with every group failing, nothing moves."""
+    monkeypatch.setattr(T, "score_batch", lambda responses, answers, *a, **k: [
+        VerifyResult(reward=0.0, extracted=None, format_ok=False, timed_out=False) for _ in responses])
+    cfg = smoke_config("sdpo", tmp_path / "run", tiny_dir, "eval_every=0", "save_every=0", "steps=1")
+    trainer = T.Trainer(cfg, progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    records = trainer.train()
+    assert records[0]["distill_loss"] == 0.0 and records[0]["grad_norm"] == 0.0
+    assert not changed(before, {n: p.detach() for n, p in trainer.policy.named_parameters() if p.requires_grad})
 
 
 def test_learning_rate_warmup_is_a_function_of_the_step(tiny_dir, tmp_path, even_reward):
