@@ -17,6 +17,7 @@
 # Set-up. Finds this repository in `.` or `..` (or a clone made earlier), else clones REPO_URL; then works from the
 # repository root with it on sys.path (no kernel restart). On Colab it installs requirements-colab.txt, which keeps
 # the runtime's CUDA torch, torchvision, numpy and pillow; anywhere else it installs nothing into your environment.
+# %matplotlib inline
 import os
 import subprocess
 import sys
