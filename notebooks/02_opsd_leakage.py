@@ -124,27 +124,29 @@ def save(fig, name):
 # %% [markdown]
 # ## 0. The criteria, declared before looking at any number
 #
-# Each claim gets a yes/no test fixed here, in code, before the logs are read. Over seeds, "final" is the last test
-# evaluation of each seed. A claim involving a method with fewer than `min_seeds` seeds, or a method that was not run,
-# is **undetermined**. Where a difference is tested, it must exceed `spreads` × the *pooled* seed standard deviation
-# $\sqrt{(s_a^2 + s_b^2)/2}$. Accuracy curves are compared against a noise level that is the larger of the seed
+# Each claim gets a yes/no test fixed here, in code, before the logs are read. **Leakage is judged on the whole
+# trajectory**: a seed's value is the PEAK of its test curve (step 0, the warm start, included), not its last point —
+# a habit that rises and then collapses with the model (the online teacher) still leaked. Differences between
+# methods are **paired by seed** (the same seed draws the same prompts and sampling seeds in every method) and must
+# exceed `spreads` × the paired standard error of the mean difference. A claim involving a method with fewer than
+# `min_seeds` seeds, or a method that was not run, is **undetermined**. Accuracy curves are compared against a noise level that is the larger of the seed
 # standard deviation at the final evaluation and the binomial standard error of the seed-mean accuracy
 # $\sqrt{p(1-p)/(n_\text{items}\, n_\text{seeds})}$ (so three nearly identical seeds cannot make a 0.3-point wiggle
 # count). Step 0 of every curve is the warm start's own test evaluation (`base_eval.json`), shared by all runs.
 #
 # | # | claim (source) | test |
 # |---|---|---|
-# | 1 | OPSD leaks, increasingly (paper) | final `leak_rate`: OPSD > GRPO + 2 × pooled std, **and** mean over OPSD seeds of Spearman ρ(step, `leak_rate`) > 0.5 |
-# | 2 | OPSD's mention habit grows, sampled or not (ours) | the same two tests on `mention_prob` |
-# | 3 | OPSD's answers stop following from its own steps (ours) | the same two tests on `unsupported_answer_rate` |
-# | 4 | RLSD does not leak (paper) | final `leak_rate` **and** final `mention_prob`: RLSD is **not** > GRPO + 2 × pooled std |
+# | 1 | OPSD leaks (paper) | peak `leak_rate` over the trajectory: OPSD − GRPO, paired by seed, > 2 × paired SE |
+# | 2 | OPSD's mention habit grows, sampled or not (ours) | the same test on `mention_prob` (the probability of opening with the teacher's mention) |
+# | 3 | OPSD's answers stop following from its own steps (ours) | the same test on `unsupported_answer_rate` |
+# | 4 | RLSD does not leak (paper) | peak `leak_rate` **and** peak `mention_prob`: RLSD − GRPO, paired, mean + 2 × SE ≤ 2 points |
 # | 5 | OPSD's test accuracy peaks early, then declines (paper) | the seed-mean accuracy curve peaks after step 0 and in the first half of training, and its final value is below the peak by more than 2 × noise |
 # | 6 | an online teacher gains early (trilemma) | OPSD-online's seed-mean accuracy, at its best evaluation in the first half, exceeds step 0 by more than 2 × noise |
 # | 7 | … and destabilises later (trilemma) | OPSD-online's final seed-mean accuracy is below its peak by more than 2 × noise, **or** its final seed std is more than twice OPSD-fixed's |
-# | 8 | an online teacher leaks too (trilemma) | as claim 1, for OPSD-online |
+# | 8 | an online teacher leaks too (trilemma) | as claim 2 (peak `mention_prob`), for OPSD-online |
 
 # %%
-CRITERIA = {"min_seeds": 3, "spreads": 2.0, "trend": 0.5, "early_fraction": 0.5}
+CRITERIA = {"min_seeds": 3, "spreads": 2.0, "early_fraction": 0.5, "leak_margin": 0.02}
 
 
 def accuracy_noise(pf, n_items):
@@ -327,34 +329,41 @@ def n_seeds(*methods):
     return min(len(runs[m]) for m in methods) if all(m in runs for m in methods) else 0
 
 
+def peak_vs_grpo(m, key):
+    """Per-seed peak of `key` over the test trajectory, m - GRPO paired by seed."""
+    return R.paired_difference(R.per_seed_peak(runs[m], key), R.per_seed_peak(runs["grpo"], key))
+
+
 def rises(m, key):
-    """Claims 1, 2, 3 and 8: m's final `key` exceeds GRPO's by 2 pooled stds, and rises with the step."""
-    a, b = final(m, key), final("grpo", key)
-    if not a or not b:
+    """Claims 1, 2, 3 and 8: m's peak `key` exceeds GRPO's, paired by seed, by 2 paired SE."""
+    if m not in runs or "grpo" not in runs:
         return None, "not run"
-    test = R.exceeds(a, b, CRITERIA["spreads"])
-    rho = [r for r in R.trend(runs[m], key) if not math.isnan(r)]
-    rho_mean = sum(rho) / len(rho) if rho else float("nan")
-    holds = test["holds"] and rho_mean > CRITERIA["trend"]
-    d = DIGITS.get(key, 1)
-    text = (f"{label(m)} {R.format_spread(a, digits=d)} vs GRPO {R.format_spread(b, digits=d)}; "
-            f"difference {pts(test['diff'], d)} (needs > {size(test['margin'], d)}); "
-            f"Spearman ρ(step, {key}) = {rho_mean:.2f} over {len(rho)} seeds (needs > {CRITERIA['trend']})")
-    return holds, text
+    d = peak_vs_grpo(m, key)
+    if d["mean"] is None:
+        return None, "no data"
+    se = d["se"] or 0.0
+    digits = DIGITS.get(key, 1)
+    return d["mean"] > CRITERIA["spreads"] * se, (
+        f"peak {key}: {label(m)} {R.format_spread(list(R.per_seed_peak(runs[m], key).values()), digits=digits)} vs "
+        f"GRPO {R.format_spread(list(R.per_seed_peak(runs['grpo'], key).values()), digits=digits)}; paired "
+        f"difference {pts(d['mean'], digits)} ± {size(se, digits)} SE over {d['n']} seeds "
+        f"(needs > {size(CRITERIA['spreads'] * se, digits)})")
 
 
 def no_more_than_grpo(m, keys):
-    """Claim 4: for every key, m's final value is not above GRPO's by 2 pooled stds."""
+    """Claim 4: for every key, m's peak exceeds GRPO's by at most the margin, at 2 paired SE."""
     holds, texts = True, []
     for key in keys:
-        a, b = final(m, key), final("grpo", key)
-        if not a or not b:
+        if m not in runs or "grpo" not in runs:
             return None, f"{key}: not run"
-        test = R.exceeds(a, b, CRITERIA["spreads"])
-        holds = holds and not test["holds"]
-        d = DIGITS.get(key, 1)
-        texts.append(f"{key}: {label(m)} {R.format_spread(a, digits=d)} vs GRPO {R.format_spread(b, digits=d)}; "
-                     f"difference {pts(test['diff'], d)} (a leak would need > {size(test['margin'], d)})")
+        d = peak_vs_grpo(m, key)
+        if d["mean"] is None:
+            return None, f"{key}: no data"
+        upper = d["mean"] + CRITERIA["spreads"] * (d["se"] or 0.0)
+        holds = holds and upper <= CRITERIA["leak_margin"]
+        digits = DIGITS.get(key, 1)
+        texts.append(f"peak {key}: {label(m)} − GRPO {pts(d['mean'], digits)} ± {size(d['se'] or 0.0, digits)} SE "
+                     f"(mean + 2 SE {pts(upper, digits)}; needs ≤ {size(CRITERIA['leak_margin'], digits)})")
     return holds, "; ".join(texts)
 
 
@@ -402,7 +411,7 @@ def destabilises(m, fixed="opsd"):
 
 
 CLAIMS = [
-    ("1. OPSD leaks, increasingly (paper)", ("opsd", "grpo"), lambda: rises("opsd", "leak_rate")),
+    ("1. OPSD leaks (paper)", ("opsd", "grpo"), lambda: rises("opsd", "leak_rate")),
     ("2. OPSD's mention habit grows, sampled or not (ours)", ("opsd", "grpo"), lambda: rises("opsd", "mention_prob")),
     ("3. OPSD's answers stop following from its steps (ours)", ("opsd", "grpo"),
      lambda: rises("opsd", "unsupported_answer_rate")),
@@ -411,7 +420,7 @@ CLAIMS = [
     ("5. OPSD accuracy peaks early, then declines (paper)", ("opsd",), lambda: peaks_early_then_declines("opsd")),
     ("6. online teacher gains early (trilemma)", ("opsd_online",), lambda: gains_early("opsd_online")),
     ("7. online teacher destabilises later (trilemma)", ("opsd_online", "opsd"), lambda: destabilises("opsd_online")),
-    ("8. online teacher leaks too (trilemma)", ("opsd_online", "grpo"), lambda: rises("opsd_online", "leak_rate")),
+    ("8. online teacher leaks too (trilemma)", ("opsd_online", "grpo"), lambda: rises("opsd_online", "mention_prob")),
 ]
 verdicts = []
 if HAVE_LOGS:
@@ -428,10 +437,10 @@ if HAVE_LOGS:
     groups = {"reproduced": [c for c, v in verdicts if v == "yes"],
               "not reproduced": [c for c, v in verdicts if v == "no"],
               "undetermined": [c for c, v in verdicts if v.startswith("undetermined")]}
-    lines = [f"On the `{PROFILE}` logs ({LOGS}), by the criteria of §0:"]
+    lines = [f"On the `{PROFILE}` logs, by the criteria of §0:"]
     for outcome, claims in groups.items():
         lines.append(f"* **{outcome}** ({len(claims)}): " + ("; ".join(claims) if claims else "none"))
     if groups["undetermined"]:
         lines.append("\nUndetermined claims need more seeds or the missing runs "
-                     "(`python -m rlsd reproduce --profile cpu --seeds 0,1,2` runs every method).")
+                     "(`python -m rlsd reproduce --profile cpu` runs every method).")
     display(Markdown("\n".join(lines)))

@@ -98,17 +98,20 @@ def cmd_train(args):
 
 
 def cmd_reproduce(args):
-    from rlsd.reproduce import RUN_METHODS, reproduce
+    from rlsd.reproduce import ABLATIONS, RUN_METHODS, reproduce, resummarise
+    from rlsd.runs import summary_markdown
+
+    if args.summary_only:
+        print(summary_markdown(resummarise(args.profile, logs_dir=args.logs_dir)))
+        return
 
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     methods = tuple(args.methods.split(",")) if args.methods else RUN_METHODS
-    unknown = set(methods) - set(RUN_METHODS)
+    unknown = set(methods) - set(RUN_METHODS + ABLATIONS)
     if unknown:
-        raise ValueError(f"--methods: unknown run type(s) {sorted(unknown)}; choose from {RUN_METHODS}")
+        raise ValueError(f"--methods: unknown run type(s) {sorted(unknown)}; choose from {RUN_METHODS + ABLATIONS}")
     summary = reproduce(args.profile, seeds=seeds, methods=methods, runs_dir=args.runs_dir, logs_dir=args.logs_dir,
                         overrides=args.overrides)
-    from rlsd.runs import summary_markdown
-
     print(summary_markdown(summary))
     print(f"wall time: {summary['wall_time_s'] / 60:.1f} min")
 
@@ -207,9 +210,13 @@ def main(argv=None):
     p.add_argument("--profile", default="cpu")
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds for every run type (default: rlsd.reproduce.RUN_SEEDS, 5 or 3 each)")
-    p.add_argument("--methods", default=None, help="comma-separated run types (default: all of rlsd.reproduce.RUN_METHODS)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated run types (default: the main job, rlsd.reproduce.RUN_METHODS; the ablation: "
+                        "rlsd_const)")
     p.add_argument("--runs-dir", default="runs", help="where full runs (with checkpoints) go")
     p.add_argument("--logs-dir", default=None, help="where the small logs go (default data/runs/<profile>)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="recompute summary.json/.md and the figures from the logs, without training")
     p.add_argument("overrides", nargs="*", help="field=value config overrides for every run")
     p.set_defaults(func=cmd_reproduce)
 

@@ -220,7 +220,16 @@ def memory_report(paths=("reference", "chunked"), **kwargs) -> list[dict]:
     return results
 
 
-if __name__ == "__main__":  # python -m rlsd.bench: the scoring-memory benchmark
+if __name__ == "__main__":  # python -m rlsd.bench [--out FILE]: the scoring-memory benchmark
+    import argparse
     import json
+    from pathlib import Path
 
-    print(json.dumps(memory_report(), indent=2))
+    parser = argparse.ArgumentParser(prog="python -m rlsd.bench", description="scoring + backward peak memory")
+    parser.add_argument("--out", default=None, help="also write the JSON report here")
+    args = parser.parse_args()
+    text = json.dumps(memory_report(), indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")

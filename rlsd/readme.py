@@ -68,7 +68,68 @@ def bench_block(name: str) -> str:
     return "\n".join(lines)
 
 
+def warm_start_block() -> str:
+    path = REPO / "data" / "tiny-sft" / "base_eval.json"
+    base = _load(path)
+    if base is None:
+        return _missing(path, "python -m rlsd evaluate-base")
+    st, te = base["student/none"], base["teacher/none"]
+
+    def pct(d, key):
+        v = d.get(key)
+        return "—" if v is None else f"{100 * v:.1f}"
+
+    lines = [f"Test split, {st['n']:,} problems, the paper's validation decoding (T 0.7, top-p 0.8, top-k 20), seed "
+             f"{st['seed']} (`data/tiny-sft/base_eval.json`):", "",
+             "| | accuracy % [95% CI] |", "|---|---|"]
+    for label, key in (("student prompt", "student/none"), ("student prompt, greedy decoding", "student_greedy/none"),
+                       ("teacher prompt (question + reference answer)", "teacher/none"),
+                       ("student prompt, blank images", "student/blank"),
+                       ("student prompt, images shuffled across problems", "student/shuffled")):
+        if key in base:
+            r = base[key]
+            lo, hi = r["accuracy_ci95"]
+            lines.append(f"| {label} | {100 * r['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] |")
+    lines += [f"| most-common-answer-per-family baseline | {100 * st['majority_baseline']:.1f} |",
+              f"| ideal observer (nearest colour prototype per square, no learning) | "
+              f"{100 * base['ideal_observer_accuracy']:.1f} |", "",
+              "Read-out accuracy (% of \"colour N\" statements that state the true count), student vs teacher prompt "
+              "— the teacher should read better only where the answer pins the read-out:", "",
+              "| read-outs | student % | teacher % | teacher − student, points |", "|---|---|---|---|"]
+    for label, key in (("needed, pinned family `count`", "needed_count"), ("needed, pinned family `pair`", "needed_pair"),
+                       ("needed, `sum`", "needed_sum"), ("needed, `diff`", "needed_diff"), ("needed, `most`", "needed_most"),
+                       ("not needed (all families)", "unneeded"), ("needed (all families)", "needed")):
+        a, b = st.get(f"readout_accuracy_{key}"), te.get(f"readout_accuracy_{key}")
+        diff = "—" if a is None or b is None else f"{100 * (b - a):+.1f}"
+        lines.append(f"| {label} | {pct(st, 'readout_accuracy_' + key)} | {pct(te, 'readout_accuracy_' + key)} | {diff} |")
+    lines += ["", f"P(a response opens with the mention of the reference): teacher prompt "
+              f"{pct(te, 'mention_prob')}%, student prompt {100 * st['mention_prob']:.2f}%. Answers that do not follow "
+              f"from the response's own steps: student {pct(st, 'unsupported_answer_rate')}%, teacher "
+              f"{pct(te, 'unsupported_answer_rate')}%."]
+    return "\n".join(lines)
+
+
+def lr_probe_block() -> str:
+    """Training reward per 10-step window of each learning-rate probe (seed 0: every run draws the same prompts and
+    sampling seeds at each step, so the windows are paired across rates)."""
+    import statistics
+
+    root = REPO / "data" / "runs" / "lr-probe"
+    if not root.exists():
+        return _missing(root, "the probes in rlsd/config.py's cpu profile comment")
+    lines = ["| method | lr | steps 1–10 | 11–20 | 21–30 | 31–40 | mean of 11–40 |", "|---|---|---|---|---|---|---|"]
+    for d in sorted(root.iterdir(), key=lambda d: (d.name.split("-")[0], float(d.name.split("-", 1)[1]))):
+        cfg = json.loads((d / "config.json").read_text())
+        recs = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        win = [statistics.fmean(r["reward_mean"] for r in recs if lo <= r["step"] < lo + 10) for lo in (1, 11, 21, 31)]
+        lines.append(f"| {cfg['method']} | {cfg['lr']:g} | " + " | ".join(f"{100 * w:.1f}" for w in win) +
+                     f" | **{100 * statistics.fmean(win[1:]):.1f}** |")
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "lr-probe": lr_probe_block,
+    "warm-start": warm_start_block,
     "profiles": profiles_block,
     "scoring-memory": scoring_memory_block,
     "bench-smoke": lambda: bench_block("bench_smoke"),

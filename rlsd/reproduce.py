@@ -23,7 +23,8 @@ from rlsd.config import SHIPPED_TINY, make_config
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "samples.jsonl")
-RUN_METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "opsd_online", "rlsd_const")
+RUN_METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "opsd_online")  # the main job
+ABLATIONS = ("rlsd_const",)  # separate: python -m rlsd reproduce --profile cpu --methods rlsd_const
 # Seeds per run type: the three methods the headline claims compare get 5, the others 3 (seeds 0..n-1; the same
 # seed means the same prompts and sampling seeds in every method, so differences are paired by seed).
 RUN_SEEDS = {"grpo": 5, "rlsd": 5, "opsd": 5, "sdpo": 3, "grpo_opsd": 3, "opsd_online": 3, "rlsd_const": 3}
@@ -59,6 +60,9 @@ def evaluate_base(model_path: str, n_test: int, max_new_tokens: int, out: Path, 
     for fmt, control in (("student", "none"), ("teacher", "none"), ("student", "blank"), ("student", "shuffled")):
         res = evaluate(model, processor, test, fmt=fmt, control=control, sampling=sampling, seed=seed)
         results[f"{fmt}/{control}"] = res.summary
+    # Greedy decoding: what the student's most likely reading gives -- the headroom sharpening alone could reach.
+    greedy = dataclasses.replace(sampling, temperature=0.0)
+    results["student_greedy/none"] = evaluate(model, processor, test, fmt="student", sampling=greedy, seed=seed).summary
     results["ideal_observer_accuracy"] = sum(ideal_observer_answer(p) == p.answer for p in test) / len(test)
     out.mkdir(parents=True, exist_ok=True)
     (out / "base_eval.json").write_text(json.dumps(results, indent=2))
@@ -102,10 +106,36 @@ def reproduce(profile: str = "cpu", seeds: tuple[int, ...] | None = None, method
                 if (out / f).exists():
                     shutil.copy2(out / f, dest / f)
 
-    runs = {name: per_seed for name, per_seed in load_runs(logs).items() if name in methods}
-    summary = {"profile": profile, "seeds": {name: list(seeds_of(name, seeds)) for name in methods},
-               "wall_time_s": time.time() - t_start, "run_times_s": timings,
+    # The summary covers every run type logged so far (the main job and any ablation run separately).
+    runs = {name: per_seed for name, per_seed in load_runs(logs).items() if name in RUN_METHODS + ABLATIONS}
+    previous = json.loads((logs / "summary.json").read_text()) if (logs / "summary.json").exists() else {}
+    wall = time.time() - t_start
+    main_job = previous.get("main_job_wall_time_s") if tuple(methods) != RUN_METHODS or not timings else wall
+    summary = {"profile": profile, "seeds": {name: sorted(per_seed) for name, per_seed in runs.items()},
+               "wall_time_s": wall, "main_job_wall_time_s": main_job,
+               "run_times_s": {**previous.get("run_times_s", {}), **timings},
                **summarise(runs, base, lambda_steps=probe.rlsd_decay_steps)}
+    (logs / "summary.json").write_text(json.dumps(summary, indent=2))
+    (logs / "summary.md").write_text(summary_markdown(summary))
+    if make_figures:
+        draw_figures(logs, suffix="" if profile == "cpu" else f"_{profile}", directory=figures_dir)
+    return summary
+
+
+def resummarise(profile: str = "cpu", logs_dir: str | None = None, make_figures: bool = True,
+                figures_dir: str | None = None) -> dict:
+    """Recompute summary.json / summary.md (and the figures) from the logs alone, without training."""
+    from rlsd.runs import load_runs, summarise, summary_markdown
+
+    logs = Path(logs_dir) if logs_dir else REPO / "data" / "runs" / profile
+    previous = json.loads((logs / "summary.json").read_text()) if (logs / "summary.json").exists() else {}
+    base = json.loads((logs / "base_eval.json").read_text())
+    runs = {name: per_seed for name, per_seed in load_runs(logs).items() if name in RUN_METHODS + ABLATIONS}
+    lambda_steps = json.loads((logs / f"rlsd-s{min(runs['rlsd'])}" / "config.json").read_text())["rlsd_decay_steps"] \
+        if "rlsd" in runs else make_config(profile).rlsd_decay_steps
+    keep = {k: previous[k] for k in ("wall_time_s", "main_job_wall_time_s", "run_times_s") if k in previous}
+    summary = {"profile": profile, "seeds": {name: sorted(per_seed) for name, per_seed in runs.items()}, **keep,
+               **summarise(runs, base, lambda_steps=lambda_steps)}
     (logs / "summary.json").write_text(json.dumps(summary, indent=2))
     (logs / "summary.md").write_text(summary_markdown(summary))
     if make_figures:

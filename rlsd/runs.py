@@ -459,14 +459,25 @@ def summarise(runs: dict, base: dict, lambda_steps: int) -> dict:
         mention = peak_and_final(per_seed, "mention_prob")
         endpoints[name] = e
         table[name] = {**{k: _spread(v) for k, v in e.items()}, "n_seeds": len(per_seed),
+                       # final-evaluation spreads under the names notebook 04's Table-2-style rows read
+                       **{k: mean_spread(final_eval(per_seed, k))
+                          for k in ("accuracy", "leak_rate", "mention_prob", "unsupported_answer_rate")},
                        "mention_peak_step": mention.get("peak_step"), "accuracy_curve": peak_and_final(per_seed)}
         table[name]["clip_frac_ours"] = _spread({s: e["clip_frac_ours"][s] + e["clip_frac_ours_high"].get(s, 0.0)
                                                  for s in e["clip_frac_ours"]})
+        table[name]["final_per_seed"] = [e["final"][s] for s in sorted(e["final"])]
+        peak = per_seed_peak(per_seed, "accuracy")
+        drops = [peak[s] - e["final"][s] for s in sorted(e["final"]) if s in peak]
+        table[name]["peak_minus_final"] = {
+            "mean": statistics.fmean(drops) if drops else None, "n": len(drops),
+            "se": statistics.stdev(drops) / np.sqrt(len(drops)) if len(drops) > 1 else None}
     paired = {name: {k: paired_difference(e[k], endpoints["grpo"][k]) for k in
                      ("auc", "final", "steps_to_reward", "reward_lambda_window", "reward_after", "final_entropy",
                       "peak_mention_prob") if k in e and "grpo" in endpoints}
               for name, e in endpoints.items() if name != "grpo"}
-    return {"table": table, "paired_vs_grpo": paired, "declared": {
+    entropy = {name: list(zip(window_mean(per_seed, "entropy", first=True), window_mean(per_seed, "entropy")))
+               for name, per_seed in runs.items()}
+    return {"table": table, "paired_vs_grpo": paired, "entropy_first_last": entropy, "declared": {
         "reward_threshold": threshold, "lambda_steps": lambda_steps,
         "reward_threshold_rule": f"GRPO's mean training reward over steps 1-10 + {REWARD_THRESHOLD_MARGIN}"}}
 

@@ -1,6 +1,6 @@
 """SFT warm start: train the tiny Qwen3-VL from scratch on the testbed so RL starts from partial competence.
 
-    python -m rlsd sft --out data/tiny-sft     # the shipped checkpoint, ~6 min on 2 cores
+    python -m rlsd sft --out data/tiny-sft     # the shipped checkpoint and its evaluation, ~15 min on 2 cores
 
 Half of the examples use the STUDENT prompt, half the TEACHER prompt (question + reference final answer), so one
 set of weights can act as both, as a real instruction-tuned model does.
@@ -86,6 +86,9 @@ class SFTConfig:
     """Evaluate on a validation subset every this many steps."""
     n_eval: int = 300
     """Validation problems per periodic evaluation."""
+    final_eval_problems: int = 1500
+    """Test problems of the final evaluation written to <out>/base_eval.json (student, greedy, teacher, controls,
+    read-out accuracies; rlsd.reproduce.evaluate_base). 0 skips it."""
     hidden: int = 128
     """Language-model width."""
     layers: int = 4
@@ -221,4 +224,8 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> dict:
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
     model.save_pretrained(out)
+    if cfg.final_eval_problems:
+        from rlsd.reproduce import evaluate_base
+
+        evaluate_base(str(out), cfg.final_eval_problems, 40, out)
     return last
