@@ -14,21 +14,54 @@
 # ---
 
 # %%
-# Colab set-up (does nothing anywhere else): install this repository's pinned requirements.
+# Set-up. Finds this repository in `.` or `..` (or a clone made earlier), else clones REPO_URL; then works from the
+# repository root with it on sys.path (no kernel restart). On Colab it installs requirements-colab.txt, which keeps
+# the runtime's CUDA torch, torchvision, numpy and pillow; anywhere else it installs nothing into your environment.
+# %matplotlib inline
 import os
 import subprocess
 import sys
 
-if "google.colab" in sys.modules:
-    _root = next((d for d in (".", "..") if os.path.isfile(os.path.join(d, "requirements.txt"))
-                  and os.path.isdir(os.path.join(d, "rlsd"))), None)
-    if _root is None:
-        print("This notebook needs the RLSD repository next to it. Clone or upload this repository into the Colab "
-              "session, `%cd` into it, run `pip install -r requirements.txt`, then re-run this notebook.")
-    else:
-        os.chdir(_root)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"], check=True)
-        sys.path.insert(0, os.getcwd())  # the editable install is only picked up by a fresh kernel
+REPO_URL = os.environ.get("RLSD_REPO_URL", "")  # the git URL of this repository: needed on a fresh runtime only
+ON_COLAB = "google.colab" in sys.modules
+CLONE_DIR = os.environ.get("RLSD_CLONE_DIR") or ("/content/rlsd" if ON_COLAB else os.path.join(".", "rlsd"))
+
+
+def _is_repo(path):
+    return os.path.isfile(os.path.join(path, "rlsd", "__init__.py")) and \
+        os.path.isfile(os.path.join(path, "requirements-colab.txt"))
+
+
+def _has_cuda_torch():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None
+
+
+_root = next((path for path in (".", "..", CLONE_DIR) if _is_repo(path)), None)
+_cloned = _root is None
+if _cloned:
+    if not REPO_URL:
+        raise SystemExit("The rlsd repository is not here: set REPO_URL in this cell (or the RLSD_REPO_URL "
+                         "environment variable) to its git URL, e.g. https://github.com/<owner>/rlsd, and run the "
+                         "cell again.")
+    subprocess.run(["git", "clone", "--depth", "1", "--quiet", REPO_URL, CLONE_DIR], check=True)
+    _root = CLONE_DIR
+os.chdir(_root)
+if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+if ON_COLAB or (_cloned and _has_cuda_torch()):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements-colab.txt"], check=True)
+    _installed = "installed requirements-colab.txt (the runtime's torch kept)"
+elif _cloned:
+    _installed = ("nothing installed (no CUDA torch here): run `pip install -r requirements.txt` for a CPU "
+                  "machine, as the README says, then run this notebook again")
+else:
+    _installed = "nothing installed"
+print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now the working directory); "
+      f"{_installed}")
 
 # %% [markdown]
 # # 01 — The KL decomposition: why on-policy self-distillation has a floor

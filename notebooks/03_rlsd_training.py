@@ -123,7 +123,7 @@ from rlsd import runs as R  # noqa: E402
 from rlsd.plots import TRAINING_PANELS, plot_panels, save_figure  # noqa: E402
 
 SMOKE_METHODS = ("grpo", "rlsd")  # CI: the baseline and the method
-FIGURE5_METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd")
+FIGURE5_METHODS = ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "rlsd_const")
 REPO = Path(R.__file__).resolve().parent.parent
 
 # The paper's Table 2 averages over five benchmarks (Qwen3-VL-8B-Instruct), in percent.
@@ -193,8 +193,10 @@ if HAVE_LOGS:
 
 # %%
 if HAVE_LOGS:
-    fig = plot_panels(runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, min-max band)",
-                      smooth=10, methods=[m for m in FIGURE5_METHODS if m in runs])
+    run_cfg = json.loads((LOGS / f"{next(iter(runs))}-s{min(next(iter(runs.values())))}" / "config.json").read_text())
+    fig = plot_panels(runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, band: min-max "
+                      "over seeds, bars: binomial 95% CI)", smooth=10, methods=[m for m in FIGURE5_METHODS if m in runs],
+                      lambda_zero_step=run_cfg["rlsd_decay_steps"] or None, eval_items=run_cfg["eval_problems"])
     save(fig, "03_training_dynamics")
     display(fig)
 

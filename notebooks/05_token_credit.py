@@ -14,21 +14,54 @@
 # ---
 
 # %%
-# Colab set-up (does nothing anywhere else): install this repository's pinned requirements.
+# Set-up. Finds this repository in `.` or `..` (or a clone made earlier), else clones REPO_URL; then works from the
+# repository root with it on sys.path (no kernel restart). On Colab it installs requirements-colab.txt, which keeps
+# the runtime's CUDA torch, torchvision, numpy and pillow; anywhere else it installs nothing into your environment.
+# %matplotlib inline
 import os
 import subprocess
 import sys
 
-if "google.colab" in sys.modules:
-    _root = next((d for d in (".", "..") if os.path.isfile(os.path.join(d, "requirements.txt"))
-                  and os.path.isdir(os.path.join(d, "rlsd"))), None)
-    if _root is None:
-        print("This notebook needs the RLSD repository next to it. Clone or upload this repository into the Colab "
-              "session, `%cd` into it, run `pip install -r requirements.txt`, then re-run this notebook.")
-    else:
-        os.chdir(_root)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements.txt"], check=True)
-        sys.path.insert(0, os.getcwd())
+REPO_URL = os.environ.get("RLSD_REPO_URL", "")  # the git URL of this repository: needed on a fresh runtime only
+ON_COLAB = "google.colab" in sys.modules
+CLONE_DIR = os.environ.get("RLSD_CLONE_DIR") or ("/content/rlsd" if ON_COLAB else os.path.join(".", "rlsd"))
+
+
+def _is_repo(path):
+    return os.path.isfile(os.path.join(path, "rlsd", "__init__.py")) and \
+        os.path.isfile(os.path.join(path, "requirements-colab.txt"))
+
+
+def _has_cuda_torch():
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None
+
+
+_root = next((path for path in (".", "..", CLONE_DIR) if _is_repo(path)), None)
+_cloned = _root is None
+if _cloned:
+    if not REPO_URL:
+        raise SystemExit("The rlsd repository is not here: set REPO_URL in this cell (or the RLSD_REPO_URL "
+                         "environment variable) to its git URL, e.g. https://github.com/<owner>/rlsd, and run the "
+                         "cell again.")
+    subprocess.run(["git", "clone", "--depth", "1", "--quiet", REPO_URL, CLONE_DIR], check=True)
+    _root = CLONE_DIR
+os.chdir(_root)
+if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+if ON_COLAB or (_cloned and _has_cuda_torch()):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements-colab.txt"], check=True)
+    _installed = "installed requirements-colab.txt (the runtime's torch kept)"
+elif _cloned:
+    _installed = ("nothing installed (no CUDA torch here): run `pip install -r requirements.txt` for a CPU "
+                  "machine, as the README says, then run this notebook again")
+else:
+    _installed = "nothing installed"
+print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now the working directory); "
+      f"{_installed}")
 
 # %% [markdown]
 # # 05 — Where RLSD puts the credit: token heatmaps
@@ -49,9 +82,14 @@ if "google.colab" in sys.modules:
 # adds the reference answer). This is exactly RLSD's teacher at step 0, where λ is largest.
 #
 # **Token roles** come from the testbed's solution grammar
-# (`red 3 , green 5 , blue 4 , yellow 1 , 3 plus 4 = 7`): *relevant read-outs* (counts of the colours the question
-# asks about), *other read-outs*, *operands* (copies of read-outs), the *result*, the *answer*, and *narration*
+# (`red 3 , green 5 , blue 4 , yellow 1 , 3 plus 4 = 7`): *relevant read-outs* (counts of the colours the answer
+# depends on), *other read-outs*, *operands* (copies of read-outs), the *result*, the *answer*, and *narration*
 # (colour names, commas, "plus", tags). Decisive = relevant read-outs, result and answer.
+#
+# **What to expect from an information-only teacher.** The teacher knows the answer and nothing else (its SFT
+# targets are the student's careless demonstrator conditioned on reaching the reference). In the *pinned* families
+# (`count`, `pair`) the answer determines each relevant read-out, so the teacher's evidence should land on those
+# tokens; on the read-outs the answer does not constrain it has no information, so they should get little.
 
 # %% tags=["parameters"]
 PROFILE = os.environ.get("RLSD_PROFILE", "cpu")
@@ -64,7 +102,8 @@ import torch
 from IPython.display import HTML, display
 
 from rlsd.config import SHIPPED_TINY
-from rlsd.credit import DECISIVE, LABELS, credit_html, credit_shares, label_tokens, plot_credit, token_credit
+from rlsd.credit import (DECISIVE, LABELS, credit_html, credit_shares, credit_shares_by, label_tokens, plot_credit,
+                         token_credit)
 from rlsd.evaluate import evaluate
 from rlsd.model import ModelSpec, load_policy
 from rlsd.plots import FIGURES_DIR, save_figure
@@ -103,13 +142,14 @@ print(f"{len(credits)} responses, {n_correct} correct ({n_correct / len(credits)
 # %% [markdown]
 # ## Heatmaps (Figure 6 style)
 #
-# Each token is coloured by how far its credit departs from GRPO's uniform $\pm 1$: red = more credit (or less
-# blame) than uniform, blue = less credit (or more blame). For a correct response, red marks the tokens that made
-# the teacher more confident in the reference; for an incorrect one, blue marks the tokens the teacher found least
-# compatible with it — where RLSD concentrates the blame.
+# A correct and an incorrect response of a pinned family side by side. Each token is coloured by its weight relative
+# to GRPO's uniform advantage, $(1-\lambda) + \lambda\,\mathrm{clip}(w_t)$, on one scale fixed by the clip
+# ($1 \pm \lambda\varepsilon_w$, so nothing saturates and the two panels compare): red = this token carries more of
+# the advantage than uniform — more credit on the correct response, more blame on the incorrect one; blue = less.
+# The tag under each token is its role.
 
 # %%
-def pick(correct: bool, family: str = "sum"):
+def pick(correct: bool, family: str = "count"):
     for problem, c in zip(test, credits):
         if (c.reward > 0) == correct and problem.meta["family"] == family:
             return problem, c
@@ -132,6 +172,23 @@ fig
 # %%
 for title, c in shown:
     display(HTML(credit_html(c, title)))
+
+# %% [markdown]
+# ## Per family and per role
+#
+# Mean $|\Delta_t|$ (nats) and share of the moved credit, per token role, in each family. For an information-only
+# teacher, relevant read-outs should stand out in the pinned families and other read-outs should not.
+
+# %%
+by_family = credit_shares_by(credits, [p.meta["family"] for p in test])
+roles = ("relevant_readout", "other_readout", "operand", "result", "answer", "narration")
+print(f"{'family':8s} {'n':>4s} " + " ".join(f"{r[:14]:>16s}" for r in roles) + "   (mean |Δ| nats / moved share)")
+for fam, v in by_family.items():
+    cells = []
+    for r in roles:
+        d = v[r]["mean_abs_delta"]
+        cells.append("—".rjust(16) if d is None else f"{d:7.3f} / {v[r]['credit_moved_share']:5.1%}".rjust(16))
+    print(f"{fam:8s} {v['n']:4d} " + " ".join(cells))
 
 # %% [markdown]
 # ## How much of the redistributed credit lands on decisive tokens?
@@ -167,7 +224,7 @@ for label in LABELS:
 summary = {name: {"n": n, "decisive_token_share": dt, "decisive_moved_share": dm} for name, n, dt, dm, _ in rows}
 if SAVE_FIGURES:
     (FIGURES_DIR / "05_credit_shares.json").write_text(json.dumps({"profile": PROFILE, "lambda": LAMBDA, "shares": summary,
-                               "per_role": rows[0][4]}, indent=2))
+                               "per_role": rows[0][4], "per_family": by_family}, indent=2))
 summary
 
 # %% [markdown]

@@ -18,8 +18,8 @@ same prompts and sampling seeds in every method) and judged by their mean and pa
     the clip fires on ~3-6% of tokens       RLSD's clipped share (authors' convention: over all response tokens)
                                             within a factor 2 of the paper's range, 1.5%-12%
     credit lands on decisive tokens         decisive tokens' share of the moved credit > 1.5 x their token share
-    ... and on the read-outs the answer     mean |Δ| on needed read-outs > on unneeded ones (information, not skill)
-    pins
+    ... and on the read-outs the answer     in each pinned family (count, pair): mean |Δ| on needed read-outs > on
+    pins                                    the unneeded ones (information, not reading skill)
 
 Theorem 1 is an identity, checked exactly on enumerated distributions in notebook 01 (and tests/test_theory.py);
 it is not a testbed measurement.
@@ -36,6 +36,7 @@ COLLAPSE_DROP = 0.10
 ENTROPY_COLLAPSE = 0.8
 CLIP_RANGE = (0.015, 0.12)
 CREDIT_FACTOR = 1.5
+PINNED = ("count", "pair")  # rlsd.testbed.PINNED_FAMILIES
 
 
 def _paired(summary: dict, name: str, key: str) -> dict | None:
@@ -119,11 +120,15 @@ def judge(summary: dict, credit: dict | None = None) -> list[dict]:
             MIN_SEEDS, f"decisive tokens: {100 * s['decisive_token_share']:.1f}% of tokens, "
             f"{100 * s['decisive_moved_share']:.1f}% of the moved credit ({s['n']} responses; needs > "
             f"{CREDIT_FACTOR}x)")
-        roles = credit["per_role"]
-        a, b = roles["relevant_readout"]["mean_abs_delta"], roles["other_readout"]["mean_abs_delta"]
-        if a is not None and b is not None:
-            add("... and on the read-outs the answer needs, not the others", a > b, MIN_SEEDS,
-                f"mean |Δ| {a:.3f} nats on needed read-outs vs {b:.3f} on unneeded ones")
+        fams = {f: credit.get("per_family", {}).get(f) for f in PINNED} if credit.get("per_family") else {}
+        pairs = {f: (v["relevant_readout"]["mean_abs_delta"], v["other_readout"]["mean_abs_delta"])
+                 for f, v in fams.items() if v and None not in (v["relevant_readout"]["mean_abs_delta"],
+                                                                v["other_readout"]["mean_abs_delta"])}
+        if pairs:
+            add("... and, where the answer pins them, on the read-outs it needs rather than the others",
+                all(a > b for a, b in pairs.values()), MIN_SEEDS,
+                "; ".join(f"{f}: mean |Δ| {a:.3f} nats on needed read-outs vs {b:.3f} on the others"
+                          for f, (a, b) in pairs.items()))
     return rows
 
 

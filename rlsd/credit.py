@@ -82,7 +82,8 @@ def token_credit(model, processor, problem: Problem, response: str, lam: float =
 # ---------------------------------------------------------------------------------------- testbed token labels
 
 _READ = re.compile(r"(red|green|blue|yellow) (\d+)")
-_OP = re.compile(r"(\d+) (plus|minus) (\d+) = (\d+)")
+_OP = re.compile(r"(?<!times )(\b\d+) (plus|minus) (\d+) = (-?\d+)")
+_PAIR = re.compile(r"10 times (\d+) plus (\d+) = (\d+)")
 _MOST = re.compile(r"most (red|green|blue|yellow) , option ([A-D])")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>")
 LABELS = ("relevant_readout", "other_readout", "operand", "result", "answer", "reference_mention", "narration")
@@ -90,12 +91,9 @@ DECISIVE = ("relevant_readout", "result", "answer")
 
 
 def _relevant_colours(problem: Problem) -> set[str]:
-    meta = problem.meta
-    if meta.get("family") == "count":
-        return {meta["colour"]}
-    if meta.get("family") in ("sum", "diff"):
-        return set(meta["colours"])
-    return {"red", "green", "blue", "yellow"}
+    from rlsd.testbed import needed_colours
+
+    return needed_colours(problem)
 
 
 def label_tokens(problem: Problem, tokens: list[str]) -> list[str]:
@@ -108,6 +106,8 @@ def label_tokens(problem: Problem, tokens: list[str]) -> list[str]:
         spans.append((m.start(2), m.end(2), "relevant_readout" if m.group(1) in relevant else "other_readout"))
     for m in _OP.finditer(text):
         spans += [(m.start(1), m.end(1), "operand"), (m.start(3), m.end(3), "operand"), (m.start(4), m.end(4), "result")]
+    for m in _PAIR.finditer(text):
+        spans += [(m.start(1), m.end(1), "operand"), (m.start(2), m.end(2), "operand"), (m.start(3), m.end(3), "result")]
     for m in _MOST.finditer(text):
         spans += [(m.start(1), m.end(1), "result"), (m.start(2), m.end(2), "result")]
     for m in _ANSWER.finditer(text):
@@ -124,6 +124,14 @@ def label_tokens(problem: Problem, tokens: list[str]) -> list[str]:
                 label = name  # later (more specific) spans win: operands/results over readouts
         labels.append(label)
     return labels
+
+
+def credit_shares_by(credits: list[TokenCredit], keys: list[str]) -> dict:
+    """`credit_shares` of each group of responses sharing a key (e.g. the problem's family)."""
+    groups: dict[str, list[TokenCredit]] = {}
+    for c, key in zip(credits, keys):
+        groups.setdefault(key, []).append(c)
+    return {key: {"n": len(cs), **credit_shares(cs)} for key, cs in sorted(groups.items())}
 
 
 def credit_shares(credits: list[TokenCredit]) -> dict:
@@ -157,46 +165,58 @@ def _rgb(value: float, scale: float) -> tuple[float, float, float]:
 
 
 def _deviation(c: TokenCredit) -> list[float]:
-    """Signed deviation of each token's credit from GRPO's uniform credit sign(A)·1."""
+    """Each token's weight relative to GRPO's uniform advantage, minus 1: credit_t / sign(A) - 1, in
+    [-λε, +λε]. Positive: more of the advantage than uniform (more credit, or more blame on a failed response)."""
     sign = 1.0 if c.reward > 0 else -1.0
-    return [v - sign for v in c.credit]
+    return [v / sign - 1.0 for v in c.credit]
 
 
-def credit_html(c: TokenCredit, title: str = "") -> str:
+ROLE_TAGS = {"relevant_readout": "need", "other_readout": "other", "operand": "op", "result": "res",
+             "answer": "ans", "reference_mention": "ref", "narration": ""}
+
+
+def credit_html(c: TokenCredit, title: str = "", clip_eps: float = 0.2) -> str:
     dev = _deviation(c)
-    scale = max((abs(v) for v in dev), default=1.0) or 1.0
+    scale = c.lam * clip_eps or 1.0  # the largest deviation the clip allows: one scale for every response
     spans = []
     for tok, v, w in zip(c.tokens, dev, c.weight):
         r, g, b = _rgb(v, scale)
-        spans.append(f'<span title="w={w:.3f}, dev={v:+.3f}" style="background: rgb({int(255*r)},{int(255*g)},'
-                     f'{int(255*b)}); padding: 1px 0">{html.escape(tok)}</span>')
+        spans.append(f'<span title="w={w:.3f}, weight/uniform={1 + v:.3f}" style="background: rgb({int(255*r)},'
+                     f'{int(255*g)},{int(255*b)}); padding: 1px 0">{html.escape(tok)}</span>')
     head = f"<b>{html.escape(title)}</b> reward={c.reward:.0f} λ={c.lam}<br>"
     return f'<div style="font-family: monospace; line-height: 1.8">{head}{"".join(spans)}</div>'
 
 
-def plot_credit(credits: list[tuple[str, TokenCredit]], width: int = 14):
-    """A Figure-6-style heatmap: each response's tokens in a grid, coloured by credit deviation from uniform."""
+def plot_credit(credits: list[tuple[str, TokenCredit]], width: int = 10, clip_eps: float = 0.2):
+    """A Figure-6-style heatmap, the responses side by side (e.g. a correct and an incorrect one): each token in a
+    grid cell coloured by its weight relative to GRPO's uniform advantage, on ONE scale fixed by the clip
+    (1 ± λε, so nothing saturates and colours compare across responses), with its role under it, and a colour key."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    rows = []
-    for title, c in credits:
-        n = len(c.tokens)
-        rows.append((title, c, [(i // width, i % width) for i in range(n)], -(-n // width)))
-    height = sum(r[3] + 1 for r in rows)
-    fig = Figure(figsize=(1.0 * width, 0.42 * height + 0.6), layout="constrained")
-    ax = fig.subplots()
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.axis("off")
-    y0 = 0
-    for title, c, cells, nrows in rows:
-        dev = _deviation(c)
-        scale = max((abs(v) for v in dev), default=1.0) or 1.0
-        ax.text(0, y0 + 0.6, f"{title}  (reward {c.reward:.0f}, λ={c.lam})", fontsize=10, weight="bold")
-        for (r, col), tok, v in zip(cells, c.tokens, dev):
-            ax.add_patch(Rectangle((col, y0 + 1 + r), 0.97, 0.9, color=_rgb(v, scale)))
-            ax.text(col + 0.48, y0 + 1.5 + r, tok.strip() or "␣", ha="center", va="center", fontsize=8,
-                    family="monospace")
-        y0 += nrows + 1
+    lam = max((c.lam for _, c in credits), default=0.5)
+    scale = lam * clip_eps or 1.0
+    nrows = max((-(-len(c.tokens) // width) for _, c in credits), default=1)
+    fig = Figure(figsize=(5.6 * len(credits) + 1.2, 0.62 * nrows + 1.4), layout="constrained")
+    axes = fig.subplots(1, len(credits), squeeze=False)[0]
+    for ax, (title, c) in zip(axes, credits):
+        ax.set_xlim(0, width)
+        ax.set_ylim(nrows, 0)
+        ax.axis("off")
+        ax.set_title(f"{title}\n(reward {c.reward:.0f}: {'credit' if c.reward > 0 else 'blame'}, λ = {c.lam})",
+                     fontsize=9)
+        labels = c.labels or [""] * len(c.tokens)
+        for i, (tok, v, role) in enumerate(zip(c.tokens, _deviation(c), labels)):
+            r, col = divmod(i, width)
+            ax.add_patch(Rectangle((col, r), 0.97, 0.92, color=_rgb(v, scale)))
+            ax.text(col + 0.48, r + 0.38, tok.strip() or "␣", ha="center", va="center", fontsize=8, family="monospace")
+            ax.text(col + 0.48, r + 0.78, ROLE_TAGS.get(role, ""), ha="center", va="center", fontsize=5.5,
+                    color="0.35")
+    cmap = LinearSegmentedColormap.from_list("credit", [_rgb(-scale, scale), (1, 1, 1), _rgb(scale, scale)])
+    bar = fig.colorbar(ScalarMappable(Normalize(1 - scale, 1 + scale), cmap), ax=list(axes), shrink=0.8, pad=0.01)
+    bar.set_label("token weight / uniform advantage", fontsize=8)
+    fig.suptitle("RLSD token weights (roles: need = read-out the answer depends on, other = read-out it does not, "
+                 "op/res = operands/result, ans = answer)", fontsize=8)
     return fig

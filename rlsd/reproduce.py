@@ -160,10 +160,15 @@ def draw_figures(logs: Path, suffix: str = "", directory: str | None = None) -> 
     if base_path.exists():  # the warm start's evaluation is every curve's step-0 point
         runs = with_base_eval(runs, json.loads(base_path.read_text())["student/none"])
     paths = []
-    fig = plot_panels(runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, min-max band)",
-                      smooth=10, methods=[m for m in ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd") if m in runs])
+    configs = [json.loads(p.read_text()) for p in sorted(Path(logs).glob("rlsd-s*/config.json"))]
+    lam_zero = configs[0]["rlsd_decay_steps"] if configs and configs[0]["rlsd_decay_steps"] else None
+    items = configs[0]["eval_problems"] if configs else None
+    fig = plot_panels(runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, band: min-max "
+                      "over seeds, bars: binomial 95% CI)", smooth=10, lambda_zero_step=lam_zero, eval_items=items,
+                      methods=[m for m in ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "rlsd_const") if m in runs])
     paths += save_figure(fig, f"03_training_dynamics{suffix}", directory)
-    fig = plot_panels(runs, LEAKAGE_PANELS, "OPSD leakage vs GRPO and RLSD (mean over seeds, min-max band)",
-                      smooth=10, ncols=3, methods=[m for m in ("grpo", "rlsd", "opsd", "opsd_online") if m in runs])
+    fig = plot_panels(runs, LEAKAGE_PANELS, "OPSD leakage vs GRPO and RLSD (mean over seeds, band: min-max over "
+                      "seeds)", smooth=10, ncols=3, lambda_zero_step=lam_zero, eval_items=items,
+                      methods=[m for m in ("grpo", "rlsd", "opsd", "opsd_online") if m in runs])
     paths += save_figure(fig, f"02_leakage{suffix}", directory)
     return list(paths)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-METHOD_ORDER = ("grpo", "rlsd", "opsd", "opsd_online", "sdpo", "grpo_opsd")
+METHOD_ORDER = ("grpo", "rlsd", "opsd", "opsd_online", "sdpo", "grpo_opsd", "rlsd_const")
 METHOD_LABEL = {"base": "Base", "grpo": "GRPO", "rlsd": "RLSD", "opsd": "OPSD", "opsd_online": "OPSD (online)",
-                "sdpo": "SDPO", "grpo_opsd": "GRPO+OPSD"}
+                "sdpo": "SDPO", "grpo_opsd": "GRPO+OPSD", "rlsd_const": "RLSD, constant λ"}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -497,8 +497,8 @@ def _pm(d: dict | None, scale: float = 100.0, digits: int = 1, se: bool = False)
 def summary_markdown(summary: dict) -> str:
     """The two tables the README and notebook 03 show: endpoints per run type, and paired differences vs GRPO."""
     t, paired = summary["table"], summary["paired_vs_grpo"]
-    names = [m for m in (*METHOD_ORDER, "rlsd_const") if m in t] + sorted(set(t) - set(METHOD_ORDER) - {"base", "rlsd_const"})
-    label = {**METHOD_LABEL, "rlsd_const": "RLSD, constant λ"}
+    names = [m for m in METHOD_ORDER if m in t] + sorted(set(t) - set(METHOD_ORDER) - {"base"})
+    label = METHOD_LABEL
     lines = [f"Warm start: student {t['base']['accuracy'] * 100:.1f}%, teacher format "
              f"{t['base']['teacher_format'] * 100:.1f}%, blank images {t['base']['blank'] * 100:.1f}%, shuffled "
              f"{t['base']['shuffled'] * 100:.1f}%, majority {t['base']['majority'] * 100:.1f}%, ideal observer "
