@@ -123,7 +123,8 @@ def cmd_bench(args):
     if args.peer:
         overrides = peer_batch(args.peer, "/tmp/rlsd-peer-batch") + overrides
     methods = tuple(args.methods.split(",")) if args.methods else None
-    result = run_bench(args.profile, overrides, repeats=args.repeats, **({"methods": methods} if methods else {}))
+    result = run_bench(args.profile, overrides, repeats=args.repeats, compare_sharing=args.compare_sharing,
+                       **({"methods": methods} if methods else {}))
     if args.json:
         print(json.dumps(result))
         return
@@ -226,6 +227,8 @@ def main(argv=None):
     p.add_argument("--methods", default=None, help="comma-separated subset, e.g. grpo,rlsd (default: all)")
     p.add_argument("--peer", default=None, metavar="TRL_ANCHOR_PY",
                    help="run on the TRL anchor's exact prompts and images (see rlsd.bench.peer_batch)")
+    p.add_argument("--compare-sharing", action="store_true",
+                   help="also time every method with prompts unshared, alternating with the shared runs")
     p.add_argument("--json", action="store_true")
     p.add_argument("overrides", nargs="*", help="field=value config overrides")
     p.set_defaults(func=cmd_bench)

@@ -61,6 +61,14 @@ def bench_block(name: str) -> str:
         for method, t in r.get(key, {}).items():
             lines.append(f"| {mode} | {method} | {t['step_s']:.3f} | {t['rollout_s']:.3f} | {t['teacher_s']:.3f} | "
                          f"{t['update_s']:.3f} |")
+    peer = _load(BENCH_DIR / "trl_anchor.json") if name == "bench_anchor" else None
+    if peer:
+        runs = peer if isinstance(peer, list) else [peer]
+        trl = sorted(x["median_step_s"] for x in runs)[len(runs) // 2]
+        ours = r["methods"]["grpo"]["step_s"]
+        lines.append(f"\nTRL {runs[0]['trl']} `GRPOTrainer` on the same batch, same sitting (alternating, {len(runs)} "
+                     f"runs of {runs[0]['timed_steps']} timed steps): median step **{trl:.3f} s** (generation "
+                     f"{runs[0]['median_gen_s']:.3f} s). Our GRPO step / TRL's = **{ours / trl:.2f}**.")
     for key, mode in (("", default), ("_unshared", "unshared"), ("_shared", "shared")):
         if f"rlsd_over_grpo{key}" in r:
             lines.append(f"\n{mode} prompts: RLSD / GRPO step = **{r['rlsd_over_grpo' + key]:.2f}**; RLSD's extra "
