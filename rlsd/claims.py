@@ -127,7 +127,7 @@ def judge(summary: dict, credit: dict | None = None) -> list[dict]:
         if pairs:
             add("... and, where the answer pins them, on the read-outs it needs rather than the others",
                 all(a > b for a, b in pairs.values()), MIN_SEEDS,
-                "; ".join(f"{f}: mean |Δ| {a:.3f} nats on needed read-outs vs {b:.3f} on the others"
+                "; ".join(f"{f}: mean absolute Δ {a:.3f} nats on needed read-outs vs {b:.3f} on the others"
                           for f, (a, b) in pairs.items()))
     return rows
 
