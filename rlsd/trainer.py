@@ -383,13 +383,16 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = self.acc.clip_grad_norm_(params, cfg.grad_clip)
         # Checked AFTER clipping, on the gradients that would be applied, and agreed by every process.
-        finite_local = math.isfinite(stats["loss_sum"]) and bool(torch.isfinite(torch.as_tensor(grad_norm))) and all(
-            bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+        grads = [p.grad for p in params if p.grad is not None]
+        finite_local = math.isfinite(stats["loss_sum"]) and bool(torch.isfinite(torch.as_tensor(grad_norm))) and (
+            not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()))  # one device sync, not one per tensor
         flag = torch.tensor(float(finite_local), device=self.acc.device)
         finite = bool(self.acc.reduce(flag, reduction="sum") == self.acc.num_processes)
         if finite:
             self.optimizer.step()
-            bad = [n for n, p in self.policy.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+            trained = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
+            ok_P = torch.stack([p.isfinite().all() for _, p in trained])  # one device sync per step
+            bad = [] if bool(ok_P.all()) else [n for (n, _), ok in zip(trained, ok_P.tolist()) if not ok]
             if bad:
                 raise FloatingPointError(
                     f"step {self.step + 1}: {len(bad)} parameter tensors became non-finite after the optimizer step "
