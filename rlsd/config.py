@@ -69,6 +69,11 @@ class TrainConfig:
     """Sequences per `generate` call (0: the whole local batch in one call). Decoding is latency-bound: on an H200 a
     2B-shaped model took 75 s for 64 x 128 tokens in chunks of 8 -- one token step costs nearly the same for 8 rows
     as for 64 -- so keep this as large as the KV cache allows."""
+    rollout_cache: str = "dynamic"
+    """KV cache of HF-generate rollouts: 'dynamic' (grows by concatenation, transformers' default) or 'static'
+    (preallocated prompt + max_new_tokens). Same numbers either way; which is faster depends on the machine."""
+    rollout_compile: bool = False
+    """torch.compile the decoding step through `generate`'s auto-compile (needs rollout_cache='static'; CUDA)."""
     score_batch_size: int = 0
     """Sequences per no-grad teacher forward for RLSD, which needs only the teacher's log-prob of each sampled token
     (0: the whole local batch at once). The teacher pass runs before the update as one batched pass."""
@@ -212,6 +217,10 @@ class TrainConfig:
             bad("opsd_teacher", f"must be 'initial' or 'current', got {self.opsd_teacher!r}")
         if self.teacher_reference not in ("answer", "solution"):
             bad("teacher_reference", f"must be 'answer' or 'solution', got {self.teacher_reference!r}")
+        if self.rollout_cache not in ("dynamic", "static"):
+            bad("rollout_cache", f"must be 'dynamic' or 'static', got {self.rollout_cache!r}")
+        if self.rollout_compile and self.rollout_cache != "static":
+            bad("rollout_compile", "needs rollout_cache='static' (transformers compiles static caches only)")
         if self.engine not in ("hf", "vllm"):
             bad("engine", f"must be 'hf' or 'vllm', got {self.engine!r}")
         if self.temperature <= 0:
@@ -378,9 +387,10 @@ def make_config(profile: str = "cpu", overrides: list[str] | dict | None = None,
 
 
 # Fields a resumed run may change: where it writes, how long it runs, how often it logs, and how it batches work
-# (micro-batch sizes change float summation order only). Every other field changes what is computed.
+# (micro-batch sizes and the rollout's KV cache change float summation order only). Every other field changes what
+# is computed.
 RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "samples_per_eval", "tensorboard",
-                     "micro_batch_size", "rollout_batch_size", "score_batch_size"}
+                     "micro_batch_size", "rollout_batch_size", "score_batch_size", "rollout_cache", "rollout_compile"}
 
 
 def flat_fields(d: dict, prefix: str = "") -> dict:

@@ -9,9 +9,13 @@ through the GPU profile's settings (`qwen3vl-2b` / `qwen3vl-8b`: NF4 base, LoRA,
 
 1. `lora_grads`: after a rollout (the no-grad forward that triggers bitsandbytes' weight caches), every LoRA B
    matrix of every adapted projection receives a non-zero gradient through the checkpointed 4-bit model;
-2. `bench`: GRPO and RLSD (then the other methods, time permitting) on the same rollout batch -- phase times,
-   `rlsd_over_grpo` and `rlsd_overhead_over_forward` (the paper's "one extra forward" claim) at real scale;
-3. `train_resume`: the real training loop for two steps with checkpoints, then a resumed third step.
+2. `rollouts`: rollout tokens/s of HF generate as the profiles ran it (NF4 base, every prompt prefilled per row),
+   with the shared prefill, a bf16 base, a static cache and torch.compile (`ROLLOUT_VARIANTS`), each checked for
+   greedy outputs equal to its base's reference; whether transformers' continuous batching can take images;
+3. `bench`: GRPO and RLSD (then the other methods, time permitting) on the same rollout batch -- phase times,
+   `rlsd_over_grpo` and `rlsd_overhead_over_forward` (the paper's "one extra forward" claim) at real scale, with
+   prompts shared and unshared (the update forward shares under gradient checkpointing too);
+4. `train_resume`: the real training loop for two steps with checkpoints, then a resumed third step.
 
 Random weights mean: rewards are ~0, and nearly every response runs to `max_new_tokens` (a worst case for
 rollout length). Timings and memory are real; accuracy is meaningless. The real checkpoint needs the hub or a local
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import gzip
 import json
 import math
@@ -214,6 +219,109 @@ def lora_gradient_check(profile: str, overrides: list[str], out: Path) -> dict:
     return result
 
 
+# Rollout configurations measured by `rollout_variants`: (name, 4-bit base, shared prefill, KV cache, compile).
+# The first of each base is its reference: greedy outputs of the others must equal it to be adopted.
+ROLLOUT_VARIANTS = (
+    ("nf4", True, False, "dynamic", False),  # the GPU profiles' HF path before this stage existed
+    ("nf4+shared", True, True, "dynamic", False),
+    ("bf16", False, False, "dynamic", False),
+    ("bf16+shared", False, True, "dynamic", False),
+    ("bf16+shared+static", False, True, "static", False),
+    ("bf16+shared+static+compile", False, True, "static", True),
+)
+
+
+def continuous_batching_status() -> dict:
+    """Whether the pinned transformers' continuous batching can run these rollouts: it must take images."""
+    import inspect
+
+    from transformers import GenerationMixin
+
+    fn = getattr(GenerationMixin, "generate_batch", None)
+    if fn is None:
+        return {"available": False, "reason": "no GenerationMixin.generate_batch in this transformers"}
+    params = list(inspect.signature(fn).parameters)
+    takes_images = any(k in params for k in ("pixel_values", "images"))
+    return {"available": takes_images, "signature": params,
+            "reason": None if takes_images else "generate_batch takes token ids only (no pixel_values): Qwen3-VL "
+                                                "prompts with images cannot be batched this way"}
+
+
+def rollout_variants(profile: str, overrides: list[str], prompts_per_step: int = 8, group_size: int = 8,
+                     max_new_tokens: int = 128, greedy_rows: int = 16, greedy_tokens: int = 32) -> dict:
+    """Rollout tokens/s of each `ROLLOUT_VARIANTS` configuration on one batch of training prompts (sampled, T=1,
+    the seed fixed), and whether its greedy outputs equal its base's reference. `fastest_exact` per base is the
+    configuration to adopt in that profile."""
+    from rlsd.config import make_config
+    from rlsd.inputs import encode_prompts
+    from rlsd.model import load_policy
+    from rlsd.prompts import student_messages
+    from rlsd.rollout import SamplingParams, hf_generate
+    from rlsd.scoring import suppressed_token_ids
+    from rlsd.trainer import clock, load_training_problems
+
+    cfg = make_config(profile, overrides, method="grpo", prompts_per_step=prompts_per_step, group_size=group_size)
+    problems = load_training_problems(cfg)[0][:prompts_per_step]
+    device = "cuda" if torch.cuda.is_available() else None
+    result = {"batch": f"{prompts_per_step} prompts x {group_size} samples x {max_new_tokens} tokens",
+              "continuous_batching": continuous_batching_status(), "variants": {}}
+    loaded, references = {}, {}
+    for name, nf4, share, cache, compile_ in ROLLOUT_VARIANTS:
+        if nf4 not in loaded:
+            loaded.clear()  # one base in memory at a time
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            spec = dataclasses.replace(cfg.model, load_in_4bit=nf4)
+            model, processor = load_policy(spec, device=device)
+            tok = processor.tokenizer
+            prompts = encode_prompts(processor, [student_messages(p.question, len(p.images)) for p in problems],
+                                     [p.images for p in problems])
+            if device:
+                prompts = prompts.to(device)
+            batch = prompts.repeat(group_size)
+            suppress = suppressed_token_ids(tok, model.config.get_text_config().vocab_size)
+            loaded[nf4] = (model, tok, batch, suppress)
+        model, tok, batch, suppress = loaded[nf4]
+
+        def run(rows, sampling):
+            return hf_generate(model, batch.select(rows), sampling, suppress, tok.eos_token_id, tok.pad_token_id,
+                               share_prompts=share, cache=cache, compile=compile_)
+
+        row = {"base": "nf4" if nf4 else cfg.model.dtype, "shared_prefill": share, "cache": cache,
+               "compile": compile_ and torch.cuda.is_available()}
+        try:
+            greedy_rows_ = list(range(min(greedy_rows, batch.batch_size)))
+            greedy = run(greedy_rows_, SamplingParams(max_new_tokens=greedy_tokens, temperature=0.0))
+            reference = references.setdefault(nf4, greedy.response_ids_BT)  # the base's first variant
+            row["greedy_equal_to_reference"] = bool(torch.equal(greedy.response_ids_BT, reference))
+            sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0)
+            torch.manual_seed(0)
+            run(list(range(batch.batch_size)), sampling)  # warm-up (and compilation)
+            torch.manual_seed(0)
+            t0 = clock()
+            sampled = run(list(range(batch.batch_size)), sampling)
+            seconds = clock() - t0
+            tokens = int(sampled.response_mask_BT.sum())
+            row.update(seconds=round(seconds, 3), tokens=tokens, tokens_per_s=round(tokens / seconds, 1),
+                       peak_mem_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None)
+        except Exception as err:  # noqa: BLE001 -- a failing variant is a result; the others still run
+            row.update(ok=False, error=f"{type(err).__name__}: {err}"[:400])
+        result["variants"][name] = row
+    loaded.clear()
+    for base in {row["base"] for row in result["variants"].values()}:
+        exact = {n: r for n, r in result["variants"].items() if r["base"] == base and r.get("greedy_equal_to_reference")
+                 and "tokens_per_s" in r}
+        if exact:
+            best = max(exact, key=lambda n: exact[n]["tokens_per_s"])
+            ref = next(n for n, r in result["variants"].items() if r["base"] == base)
+            result.setdefault("fastest_exact", {})[base] = {
+                "variant": best, "speedup_over_reference": round(exact[best]["tokens_per_s"] /
+                                                                 result["variants"][ref]["tokens_per_s"], 2)
+                if "tokens_per_s" in result["variants"][ref] else None}
+    result["ok"] = all(r.get("ok", True) for r in result["variants"].values())
+    return result
+
+
 def train_resume_check(profile: str, overrides: list[str], out: Path) -> dict:
     from rlsd.config import make_config
     from rlsd.trainer import Trainer
@@ -237,7 +345,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--work-dir", default="/tmp/rlsd-gpu-check", help="random model and run checkpoints")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="bench rounds (medians reported)")
-    parser.add_argument("--skip", default="", help="comma-separated stages to skip (lora_grads, bench, train_resume)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated stages to skip (lora_grads, rollouts, bench, train_resume)")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="skip the optional stages (extra bench methods) once this much time has passed")
     args = parser.parse_args(argv)
@@ -268,14 +377,16 @@ def main(argv=None) -> dict:
     skip = set(filter(None, args.skip.split(",")))
     if "lora_grads" not in skip:
         stage("lora_grads", lora_gradient_check, profile, overrides, work / "grads")
+    if "rollouts" not in skip:
+        stage("rollouts", rollout_variants, profile, overrides, 8, 8, args.max_new_tokens)
     if "bench" not in skip:
-        stage("bench", run_bench, profile, overrides, args.repeats, ("grpo", "rlsd"))
+        stage("bench", run_bench, profile, overrides, args.repeats, ("grpo", "rlsd"), True)
     if "train_resume" not in skip:
         stage("train_resume", train_resume_check, profile, overrides, work / "run")
     if time.perf_counter() - t_start < args.budget_s:
         stage("bench_distillation", run_bench, profile, overrides, max(1, args.repeats - 1), ("opsd", "sdpo"))
     report["ok"] = all(report.get(k, {}).get("ok", True) is not False for k in
-                       ("build", "lora_grads", "bench", "train_resume", "bench_distillation"))
+                       ("build", "lora_grads", "rollouts", "bench", "train_resume", "bench_distillation"))
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({"ok": report["ok"], "total_s": report["total_s"]}))

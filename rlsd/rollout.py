@@ -2,6 +2,16 @@
 
 The vLLM engine (GPU) lives beside this one and follows the same contract: same sampling settings, same
 suppressed ids, and a `Rollout` whose tensors use the response layout of `rlsd.inputs`.
+
+Shared prefill (`share_prompts`, default `rlsd.scoring.SHARE_PROMPTS`): the G rows of a group carry the same prompt,
+so each distinct prompt's first P-1 tokens run once (its images encoded once) and the KV cache is expanded to its
+rows; `generate` then starts from that cache with the last prompt token. The rotary positions and Qwen3-VL's rope
+deltas are those the unshared `generate` computes, so the logits of every step -- hence greedy outputs and, with the
+same seed, sampled ones -- equal the unshared path's (tests/test_rollout.py).
+
+KV cache (`cache`): "dynamic" grows by concatenation (transformers' default); "static" preallocates P + max_new_tokens
+positions, which on a GPU lets transformers compile the decoding step (`compile=True`: torch.compile through
+`generate`'s auto-compile). Neither changes the numbers; which is faster is measured per profile (`rlsd.gpu_check`).
 """
 
 from __future__ import annotations
@@ -9,8 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache, StaticCache
 
+from rlsd import scoring
 from rlsd.inputs import PromptBatch, row_chunks
+from rlsd.scoring import group_rows, hf_model, no_logits
+
+CACHES = ("dynamic", "static")
 
 
 @dataclass
@@ -73,11 +88,75 @@ NEUTRAL_GENERATION = dict(repetition_penalty=1.0, encoder_repetition_penalty=1.0
                           eta_cutoff=0.0, num_beams=1, renormalize_logits=False)
 
 
+def generation_position_ids(base, inputs: dict) -> torch.Tensor:
+    """The (4, B, P) positions `generate` gives a prompt batch (transformers 5.x, Qwen3-VL): row 0 the text positions
+    (attention-mask cumsum, so left padding does not shift them), rows 1-3 the multimodal rotary positions (text-only:
+    the text positions again). Scoring's plain forward numbers columns instead; a rollout must match `generate`."""
+    mask_BP = inputs["attention_mask"]
+    text_BP = (mask_BP.long().cumsum(-1) - 1).masked_fill(mask_BP == 0, 0)
+    if inputs.get("image_grid_thw") is not None:
+        vision_3BP, _ = base.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                                  image_grid_thw=inputs["image_grid_thw"], attention_mask=mask_BP)
+    else:
+        vision_3BP = text_BP.unsqueeze(0).expand(3, -1, -1)
+    return torch.cat([text_BP.unsqueeze(0), vision_3BP], dim=0)
+
+
+def shared_prefill(model, prompts: PromptBatch, cache: str = "dynamic", max_new_tokens: int = 0) -> dict | None:
+    """`generate` inputs whose KV cache already holds every row's first P-1 prompt tokens, computed once per distinct
+    prompt and expanded to its rows. None when no two rows share a prompt (nothing to save).
+
+    Sets the model's cached rope deltas to what the unshared `generate` derives from the whole prompt, expanded to
+    the rows: decoding steps read them (Qwen3-VL's `compute_3d_position_ids`).
+    """
+    first_rows, inverse = group_rows(prompts)
+    P = prompts.input_ids_BP.shape[1]
+    if len(first_rows) == prompts.batch_size or P < 2:
+        return None
+    base = hf_model(model)
+    device = prompts.input_ids_BP.device
+    inverse_B = torch.tensor(inverse, device=device)
+    distinct = prompts.select(first_rows, trim=False)
+    inputs = distinct.model_inputs()
+    position_ids_XDP = generation_position_ids(base, inputs)
+    prefix = {k: inputs[k][:, :P - 1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    prefix_cache = DynamicCache()
+    model(**(inputs | prefix), position_ids=position_ids_XDP[:, :, :P - 1], past_key_values=prefix_cache,
+          use_cache=True, logits_to_keep=no_logits(device))
+    if distinct.image_grid_thw is not None:
+        _, rope_deltas_D1 = base.model.get_rope_index(distinct.input_ids_BP, distinct.mm_token_type_ids_BP,
+                                                      image_grid_thw=distinct.image_grid_thw,
+                                                      attention_mask=distinct.attention_mask_BP)
+    else:  # text only: what generate sets for a prompt without images
+        rope_deltas_D1 = torch.zeros(len(first_rows), 1, dtype=torch.long, device=device)
+    base.model.rope_deltas = rope_deltas_D1[inverse_B]
+    if cache == "static":
+        kv = StaticCache(config=base.config, max_cache_len=P + max_new_tokens)
+        for layer_idx, layer in enumerate(prefix_cache.layers):
+            kv.update(layer.keys[inverse_B], layer.values[inverse_B], layer_idx)
+    else:
+        prefix_cache.batch_select_indices(inverse_B)
+        kv = prefix_cache
+    full = prompts.model_inputs()
+    return dict(input_ids=full["input_ids"], attention_mask=full["attention_mask"],
+                mm_token_type_ids=full["mm_token_type_ids"], past_key_values=kv)
+
+
 @torch.no_grad()
 def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_ids: list[int], eos_id: int,
-                pad_id: int, micro_batch_size: int | None = None) -> Rollout:
-    """Sample one response per row of `prompts` (repeat the batch G times first for groups)."""
+                pad_id: int, micro_batch_size: int | None = None, share_prompts: bool | None = None,
+                cache: str = "dynamic", compile: bool = False) -> Rollout:
+    """Sample one response per row of `prompts` (repeat the batch G times first for groups).
+
+    `share_prompts`: prefill each distinct prompt once (`shared_prefill`; default `rlsd.scoring.SHARE_PROMPTS`).
+    `cache`: "dynamic" or "static" KV cache; `compile`: let `generate` compile the decoding step (static cache, GPU).
+    """
     sampling.validate()
+    if cache not in CACHES:
+        raise ValueError(f"hf_generate: cache must be one of {CACHES}, got {cache!r}")
+    if compile and cache != "static":
+        raise ValueError("hf_generate: compile=True needs cache='static' (transformers compiles static caches only)")
+    share_prompts = scoring.SHARE_PROMPTS if share_prompts is None else share_prompts
     was_training = model.training
     model.eval()  # no dropout while sampling
     gen_kwargs = dict(
@@ -87,6 +166,7 @@ def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         use_cache=True,
+        disable_compile=not compile,
         **NEUTRAL_GENERATION,
     )
     if sampling.temperature > 0:
@@ -97,7 +177,10 @@ def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_
     try:
         for rows in row_chunks(prompts.batch_size, micro_batch_size or 0):
             part = prompts.select(rows)
-            out = model.generate(**part.model_inputs(), **gen_kwargs)
+            inputs = shared_prefill(model, part, cache, sampling.max_new_tokens) if share_prompts else None
+            if inputs is None:
+                inputs = part.model_inputs() | ({"cache_implementation": "static"} if cache == "static" else {})
+            out = model.generate(**inputs, **gen_kwargs)
             chunks.append(out[:, part.input_ids_BP.shape[1]:])
     finally:
         model.train(was_training)

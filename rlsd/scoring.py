@@ -20,8 +20,9 @@ Two costs are avoided, each behind one function, with the plain path kept as the
   expanded by indexing, so the gradient reaches the prompt once, summed over the group. Positions (Qwen3-VL's
   multimodal rotary positions included) are those the unshared forward computes; deepstack visual features enter at
   the image tokens, which are all in the prompt. Reference: `response_hidden(..., share_prompts=False)`.
-  Departure: during a training-mode forward WITH gradients and gradient checkpointing on, transformers drops the KV
-  cache, so that forward is not shared (no-grad passes still are).
+  Under gradient checkpointing (the GPU profiles) too: transformers drops the cache of a checkpointed layer because
+  its backward replay would append to it twice; here the prompt's cache layers replace and the continuations' never
+  store, so a replay is harmless and the cache is kept (`_cache_through_checkpoints`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from rlsd.algorithm import gather_token_logp, masked_mean, token_entropy
 from rlsd.inputs import PromptBatch
@@ -137,28 +140,53 @@ def _capture_final_hidden(base, store: list):
 
 
 # `logits_to_keep` as an empty index: the model projects no position to the vocabulary.
-def _no_logits(device) -> torch.Tensor:
+def no_logits(device) -> torch.Tensor:
     return torch.zeros(0, dtype=torch.long, device=device)
 
 
-def _checkpointing_active(base) -> bool:
-    return base.training and any(getattr(m, "gradient_checkpointing", False) for m in base.modules())
+class _PromptLayer(DynamicLayer):
+    """KV cache layer of the shared prompt's forward (one forward from an empty cache): `update` REPLACES rather than
+    appends, so when gradient checkpointing replays a layer in backward, the replay gets what the first pass got."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+
+class _PrefixLayer(DynamicLayer):
+    """KV cache layer of the continuations: the prompt's states (expanded to the rows) + the new ones, never stored,
+    so a checkpoint replay reads the same states the first pass did."""
+
+    def __init__(self, keys, values):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
 @contextlib.contextmanager
-def _checkpointing_off(base):
-    """Under no_grad, gradient checkpointing only drops the KV cache; switch it off for the call (no numeric effect)."""
-    layers = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False)]
+def _cache_through_checkpoints(base):
+    """Let checkpointed layers keep the KV cache for the call. transformers drops it by default, since a replay would
+    append to an ordinary cache a second time; the two layer kinds above make a replay harmless."""
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    before = [m.__dict__.get("_can_checkpoint_with_cache") for m in layers]
     for m in layers:
-        m.gradient_checkpointing = False
+        m._can_checkpoint_with_cache = True
     try:
         yield
     finally:
-        for m in layers:
-            m.gradient_checkpointing = True
+        for m, value in zip(layers, before):
+            if value is None:
+                del m._can_checkpoint_with_cache  # back to the class default
+            else:
+                m._can_checkpoint_with_cache = value
 
 
-def _position_ids(base, inputs: dict) -> torch.Tensor:
+def prompt_position_ids(base, inputs: dict) -> torch.Tensor:
     """The rotary positions the unshared forward of `inputs` uses, made explicit.
 
     With images: Qwen3-VL's (3, B, L) multimodal positions. Without: plain column positions as the text model builds
@@ -174,7 +202,7 @@ def _position_ids(base, inputs: dict) -> torch.Tensor:
     return torch.arange(L, device=inputs["input_ids"].device).view(1, 1, L).expand(4, B, L)
 
 
-def _group_rows(prompts: PromptBatch) -> tuple[list[int], list[int]]:
+def group_rows(prompts: PromptBatch) -> tuple[list[int], list[int]]:
     """(first row of each distinct prompt, per row the index of its distinct prompt)."""
     index_of, first_rows, inverse = {}, [], []
     for row, source in enumerate(prompts.sources()):
@@ -196,34 +224,34 @@ def response_hidden(model, prompts: PromptBatch, response_ids_BT: torch.Tensor, 
     base = hf_model(model)
     P, T = prompts.input_ids_BP.shape[1], response_ids_BT.shape[1]
     device = prompts.input_ids_BP.device
-    distinct_rows, inverse = _group_rows(prompts)
-    grad_checkpointed = torch.is_grad_enabled() and _checkpointing_active(base)
-    if not share_prompts or len(distinct_rows) == prompts.batch_size or grad_checkpointed or T == 0:
+    distinct_rows, inverse = group_rows(prompts)
+    if not share_prompts or len(distinct_rows) == prompts.batch_size or T == 0:
         store = []
         with _capture_final_hidden(base, store):
-            model(**prompts.with_responses(response_ids_BT, response_mask_BT), logits_to_keep=_no_logits(device),
+            model(**prompts.with_responses(response_ids_BT, response_mask_BT), logits_to_keep=no_logits(device),
                   use_cache=False)
         return store[-1][:, P - 1:P + T - 1]
 
     full = prompts.with_responses(response_ids_BT, response_mask_BT)
-    position_ids_XBL = _position_ids(base, full)
+    position_ids_XBL = prompt_position_ids(base, full)
     distinct = prompts.select(distinct_rows, trim=False)
     inverse_B = torch.tensor(inverse, device=device)
     store = []
-    no_ckpt = _checkpointing_off(base) if not torch.is_grad_enabled() else contextlib.nullcontext()
-    with no_ckpt, _capture_final_hidden(base, store):
+    with _cache_through_checkpoints(base), _capture_final_hidden(base, store):
         prompt_inputs = distinct.model_inputs()
         prompt_inputs["position_ids"] = position_ids_XBL[:, distinct_rows, :P]
-        out = model(**prompt_inputs, logits_to_keep=_no_logits(device), use_cache=True)
+        prompt_cache = Cache(layer_class_to_replicate=_PromptLayer)
+        model(**prompt_inputs, past_key_values=prompt_cache, logits_to_keep=no_logits(device), use_cache=True)
         last_prompt_BH = store[-1][:, P - 1][inverse_B]
         if T == 1:
             return last_prompt_BH.unsqueeze(1)
-        cache = out.past_key_values
-        cache.batch_select_indices(inverse_B)  # indexing: its backward sums each group's gradient into its prompt
+        # Indexing expands each prompt's states to its rows; its backward sums the group's gradient into the prompt.
+        rows_cache = Cache(layers=[_PrefixLayer(layer.keys[inverse_B], layer.values[inverse_B])
+                                   for layer in prompt_cache.layers])
         cont_inputs = dict(input_ids=full["input_ids"][:, P:P + T - 1],
                            attention_mask=full["attention_mask"][:, :P + T - 1],
                            position_ids=position_ids_XBL[:, :, P:P + T - 1])
-        model(**cont_inputs, past_key_values=cache, logits_to_keep=_no_logits(device), use_cache=True)
+        model(**cont_inputs, past_key_values=rows_cache, logits_to_keep=no_logits(device), use_cache=True)
     return torch.cat([last_prompt_BH.unsqueeze(1), store[-1]], dim=1)
 
 

@@ -237,7 +237,8 @@ class Trainer:
             rollout = self.engine.generate(student, [p for p in problems for _ in range(G)], self.sampling)
         else:
             rollout = hf_generate(self.policy, student, self.sampling, self.suppress_ids, self.tok.eos_token_id,
-                                  self.tok.pad_token_id, micro_batch_size=cfg.rollout_batch_size or None)
+                                  self.tok.pad_token_id, micro_batch_size=cfg.rollout_batch_size or None,
+                                  cache=cfg.rollout_cache, compile=cfg.rollout_compile)
         responses = [self.tok.decode(ids[m.bool()], skip_special_tokens=True)
                      for ids, m in zip(rollout.response_ids_BT, rollout.response_mask_BT)]
         grouped = [p for p in problems for _ in range(G)]

@@ -30,3 +30,21 @@ def test_gpu_check_runs_every_stage_on_cpu(tmp_path):
     assert [s["step"] for s in report["train_resume"]["steps"]] == [1, 2, 3]
     assert set(report["bench_distillation"]["methods"]) == {"opsd", "sdpo"}
     assert json.loads((tmp_path / "gpu_check.json").read_text())["ok"]
+
+
+def test_rollout_variants_on_cpu(tmp_path):
+    """The rollouts stage on the tiny shape: every variant runs, the shared prefill and the static cache reproduce
+    their base's greedy outputs, and the verdict on continuous batching is recorded with its reason."""
+    from rlsd.gpu_check import build_model, overrides_for, rollout_variants
+
+    model_dir = tmp_path / "tiny"
+    build_model("tiny", model_dir)
+    r = rollout_variants("smoke", overrides_for("tiny", model_dir, 8), prompts_per_step=2, group_size=3,
+                         max_new_tokens=6, greedy_rows=6, greedy_tokens=6)
+    assert r["ok"], r
+    assert set(r["variants"]) == {"nf4", "nf4+shared", "bf16", "bf16+shared", "bf16+shared+static",
+                                  "bf16+shared+static+compile"}
+    assert all(v["greedy_equal_to_reference"] for v in r["variants"].values()), r["variants"]
+    assert all(v["tokens"] > 0 and v["tokens_per_s"] > 0 for v in r["variants"].values())
+    assert set(r["fastest_exact"]) == {"nf4", "float32"}
+    assert r["continuous_batching"]["available"] is False and "token ids only" in r["continuous_batching"]["reason"]

@@ -132,8 +132,9 @@ def test_each_distinct_image_is_encoded_once(setup):
 
 
 def test_lora_gradient_checkpointing_and_teacher_weights(setup, tiny_dir):
-    """LoRA through peft; a no-grad teacher pass shares even with gradient checkpointing on (it is switched off for
-    the call), the grad forward with checkpointing falls back to the reference; all equal the unshared path."""
+    """LoRA through peft with gradient checkpointing on (the GPU profiles): the no-grad teacher pass and the grad
+    forward both share the prompt -- each image encoded once, every decoder layer checkpointed -- and equal
+    the unshared path."""
     processor, _, suppress_V, _ = setup
     spec = ModelSpec(path=str(tiny_dir), lora_rank=4, gradient_checkpointing=True)
     model, proc = load_policy(spec)
@@ -151,8 +152,30 @@ def test_lora_gradient_checkpointing_and_teacher_weights(setup, tiny_dir):
     torch.testing.assert_close(shared.logp_BT, ref.logp_BT, rtol=0, atol=1e-5)
     layers = [mod for mod in model.modules() if getattr(mod, "gradient_checkpointing", False)]
     assert layers  # still on after the call
-    _assert_same(_scores_and_grads(model, prompts, ids_BT, mask_BT, sup_V, share=True),
-                 _scores_and_grads(model, prompts, ids_BT, mask_BT, sup_V, share=False))
+    base = model.get_base_model()
+    images_seen, checkpointed = [], []
+    hooks = [base.model.visual.register_forward_pre_hook(
+        lambda m, args, kwargs: images_seen.append(kwargs["grid_thw"].shape[0]), with_kwargs=True)]
+    decoder = base.model.language_model.layers
+    real_ckpt = decoder[0]._gradient_checkpointing_func
+
+    def counting_checkpoint(fn, *args, **kwargs):
+        checkpointed.append(1)
+        return real_ckpt(fn, *args, **kwargs)
+
+    for layer in decoder:
+        layer._gradient_checkpointing_func = counting_checkpoint
+    try:
+        shared = _scores_and_grads(model, prompts, ids_BT, mask_BT, sup_V, share=True)
+    finally:
+        for layer in decoder:
+            layer._gradient_checkpointing_func = real_ckpt
+        for h in hooks:
+            h.remove()
+    assert images_seen == [3]  # three distinct prompts of nine rows: shared
+    assert len(checkpointed) == 2 * len(decoder)  # prompt and continuation forwards: every layer checkpointed
+    assert not any("_can_checkpoint_with_cache" in vars(mod) for mod in model.modules())  # restored
+    _assert_same(shared, _scores_and_grads(model, prompts, ids_BT, mask_BT, sup_V, share=False))
 
 
 def test_lora_shared_gradients_without_checkpointing(setup, tiny_dir):
