@@ -57,12 +57,11 @@ from rlsd.inputs import PromptBatch, encode_prompts, row_chunks
 from rlsd.model import load_policy
 from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
-from rlsd.scoring import score_responses, suppress_mask, suppressed_token_ids
+from rlsd.scoring import TokenScores, score_responses, suppress_mask, suppressed_token_ids
 from rlsd.teacher import TeacherWeights
 from rlsd.verifier import extract_answer, score_batch
 
 TEACHER_MODE = {"grpo": None, "rlsd": "snapshot", "opsd": None, "grpo_opsd": None, "sdpo": "ema"}
-NEEDS_REWARD = {"grpo", "rlsd", "grpo_opsd"}
 NEEDS_LOGITS = {"opsd", "grpo_opsd", "sdpo"}
 
 
@@ -122,6 +121,87 @@ def sdpo_demonstrations(responses: list[str], rewards: list[float], group_size: 
         else:
             demos.append(extract_answer(responses[others[0]]) or responses[others[0]])
     return demos
+
+
+# --------------------------------------------------------------------------------------- loss terms per method
+
+
+@dataclass
+class MicroBatch:
+    """What a micro-batch's loss terms read: the student's scores (grad) and the detached teacher side."""
+
+    student: TokenScores
+    """Student log-probs / entropies of the sampled tokens (with hidden states for the distillation methods)."""
+    mask_BT: torch.Tensor
+    """Response-token mask."""
+    adv_B: torch.Tensor
+    """Group advantages A of the responses."""
+    teacher_logp_BT: torch.Tensor | None
+    """Teacher log-probs of the sampled tokens (methods with a teacher)."""
+    teacher: TokenScores | None
+    """Teacher scores with hidden states (distillation methods)."""
+    distill_mask_BT: torch.Tensor
+    """Tokens the distillation term covers (SDPO: only responses shown a demonstration)."""
+    distill_weight: float
+    """Global-batch token count of `mask_BT` over that of `distill_mask_BT` (1 unless SDPO masks responses out)."""
+    lam: float
+    """RLSD's λ at this step."""
+
+
+def _surrogate(cfg, mb: MicroBatch, adv_BT, stats) -> torch.Tensor:
+    logp_BT, n_tok = mb.student.logp_BT, mb.mask_BT.sum()
+    pg, _ = alg.policy_loss(logp_BT, logp_BT.detach(), adv_BT, mb.mask_BT, cfg.eps_low, cfg.eps_high, cfg.dual_clip)
+    stats["pg_loss"] += float(pg.detach()) * float(n_tok)
+    return pg * n_tok
+
+
+def grpo_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
+    """PPO surrogate with Â_t = A (token sum; the caller divides by the global token count)."""
+    mask_f = mb.mask_BT.to(mb.student.logp_BT.device).float()
+    return _surrogate(cfg, mb, mb.adv_B.unsqueeze(-1) * mask_f, stats)
+
+
+def rlsd_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
+    """PPO surrogate with Â_t = A·((1-λ) + λ·clip(w_t)); also counts the clipped weights."""
+    student_logp_BT = mb.student.logp_BT.detach()
+    adv_BT = alg.rlsd_token_advantages(mb.adv_B, mb.teacher_logp_BT, student_logp_BT, mb.mask_BT, mb.lam,
+                                       cfg.rlsd_clip_eps)
+    _, _, w = alg.rlsd_token_weights(mb.adv_B, mb.teacher_logp_BT, student_logp_BT, mb.mask_BT, cfg.rlsd_clip_eps)
+    weighted = float((mb.mask_BT.float() * (mb.adv_B != 0).float().unsqueeze(-1)).sum())
+    stats["clip_low"] += w["weight_clip_low_frac"] * weighted
+    stats["clip_high"] += w["weight_clip_high_frac"] * weighted
+    stats["weighted_tokens"] += weighted
+    return _surrogate(cfg, mb, adv_BT, stats)
+
+
+def _distill(mb: MicroBatch, divergence, weight: float, stats) -> torch.Tensor:
+    n = mb.distill_mask_BT.sum()
+    if n == 0:  # nothing to distill in this micro-batch: a zero loss that still reaches every parameter
+        return mb.student.logp_BT.sum() * 0.0
+    div, _ = mb.student.divergence(mb.teacher, mb.distill_mask_BT, divergence)
+    stats["distill_loss"] += float(div.detach()) * float(n)
+    return weight * div * n
+
+
+def opsd_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
+    """Full-vocabulary JSD_β(teacher ‖ student) on every response token."""
+    return _distill(mb, lambda s_, t_, m_: alg.generalized_jsd(s_, t_, m_, cfg.opsd_beta), 1.0, stats)
+
+
+def grpo_opsd_distill_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
+    """μ · OPSD's JSD (added to the GRPO surrogate)."""
+    return _distill(mb, lambda s_, t_, m_: alg.generalized_jsd(s_, t_, m_, cfg.opsd_beta), cfg.grpo_opsd_mu, stats)
+
+
+def sdpo_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
+    """Top-K + tail JSD_α on the responses shown a demonstration, token-mean over those tokens of the global batch."""
+    return _distill(mb, lambda s_, t_, m_: alg.topk_tail_divergence(s_, t_, m_, cfg.sdpo_top_k, cfg.sdpo_alpha),
+                    mb.distill_weight, stats)
+
+
+# Each method's loss: the sum of its terms (each a token SUM over the micro-batch; see `Trainer.update`).
+LOSS_TERMS = {"grpo": (grpo_term,), "rlsd": (rlsd_term,), "opsd": (opsd_term,),
+              "grpo_opsd": (grpo_term, grpo_opsd_distill_term), "sdpo": (sdpo_term,)}
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
@@ -300,11 +380,13 @@ class Trainer:
         local_tokens = mask_NT.sum().float().to(self.acc.device)
         global_tokens = self.acc.reduce(local_tokens.clone(), reduction="sum").clamp(min=1)
         scale = self.acc.num_processes / global_tokens
-        if cfg.method == "sdpo":  # only responses that have a demonstration are distilled (lasgroup/SDPO)
-            has_demo_N = torch.tensor([d is not None for d in sdpo_demonstrations(
-                batch.responses, batch.rewards_N.tolist(), cfg.group_size, cfg.sdpo_demo)])
-            distilled = (mask_NT * has_demo_N.unsqueeze(-1)).sum().float().to(self.acc.device)
-            sd_scale = self.acc.num_processes / self.acc.reduce(distilled.clone(), reduction="sum").clamp(min=1)
+        # The responses a distillation term covers: SDPO distills only those shown a demonstration (lasgroup/SDPO).
+        distilled_N, distill_weight = torch.ones(N, dtype=torch.long), 1.0
+        if cfg.method == "sdpo":
+            distilled_N = torch.tensor([d is not None for d in sdpo_demonstrations(
+                batch.responses, batch.rewards_N.tolist(), cfg.group_size, cfg.sdpo_demo)], dtype=torch.long)
+            distilled = (mask_NT * distilled_N.to(mask_NT.device).unsqueeze(-1)).sum().float().to(self.acc.device)
+            distill_weight = float(global_tokens / self.acc.reduce(distilled.clone(), reduction="sum").clamp(min=1))
         lam = alg.rlsd_lambda(self.step, cfg.rlsd_lam0, cfg.rlsd_decay_steps) if cfg.method == "rlsd" else 0.0
 
         for group in self.optimizer.param_groups:
@@ -322,7 +404,6 @@ class Trainer:
             stats["teacher_s"] += clock() - t0
         for rows in row_chunks(N, cfg.micro_batch_size):
             ids_BT, mask_BT = batch.rollout.response_ids_BT[rows], mask_NT[rows]
-            adv_B = batch.adv_N[rows].to(self.acc.device)
             teacher_logp_BT = teacher_s = None
             if teacher_logp_NT is not None:
                 teacher_logp_BT = teacher_logp_NT[rows]
@@ -333,49 +414,18 @@ class Trainer:
             t1 = clock()
             s = score_responses(self.model, batch.student.select(rows), ids_BT, mask_BT, self.suppress_V,
                                 with_entropy=True, keep_hidden=cfg.method in NEEDS_LOGITS)
-            logp_BT = s.logp_BT
-            mask_f = mask_BT.to(logp_BT.device).float()
-            n_tok = mask_f.sum()
-            loss_terms = []
-            if cfg.method in NEEDS_REWARD:
-                if cfg.method == "rlsd":
-                    adv_BT = alg.rlsd_token_advantages(adv_B, teacher_logp_BT, logp_BT.detach(), mask_BT, lam,
-                                                       cfg.rlsd_clip_eps)
-                    _, _, w = alg.rlsd_token_weights(adv_B, teacher_logp_BT, logp_BT.detach(), mask_BT,
-                                                     cfg.rlsd_clip_eps)
-                    weighted = float((mask_f * (adv_B != 0).float().unsqueeze(-1)).sum())
-                    stats["clip_low"] += w["weight_clip_low_frac"] * weighted
-                    stats["clip_high"] += w["weight_clip_high_frac"] * weighted
-                    stats["weighted_tokens"] += weighted
-                else:
-                    adv_BT = adv_B.unsqueeze(-1).expand_as(logp_BT) * mask_f
-                pg, _ = alg.policy_loss(logp_BT, logp_BT.detach(), adv_BT, mask_BT, cfg.eps_low, cfg.eps_high,
-                                        cfg.dual_clip)
-                loss_terms.append(pg * n_tok)
-                stats["pg_loss"] += float(pg.detach()) * float(n_tok)
-            if cfg.method in ("opsd", "grpo_opsd"):
-                jsd, _ = s.divergence(teacher_s, mask_BT, lambda s_, t_, m_: alg.generalized_jsd(
-                    s_, t_, m_, cfg.opsd_beta))
-                mu = cfg.grpo_opsd_mu if cfg.method == "grpo_opsd" else 1.0
-                loss_terms.append(mu * jsd * n_tok)
-                stats["distill_loss"] += float(jsd.detach()) * float(n_tok)
-            if cfg.method == "sdpo":
-                sd_mask_BT = mask_BT * has_demo_N[rows].to(mask_BT.device).unsqueeze(-1)
-                n_sd = sd_mask_BT.sum()
-                if n_sd > 0:
-                    div, _ = s.divergence(teacher_s, sd_mask_BT, lambda s_, t_, m_: alg.topk_tail_divergence(
-                        s_, t_, m_, cfg.sdpo_top_k, cfg.sdpo_alpha))
-                    # token-mean over the distilled tokens of the global batch (rescaled from the common `scale`)
-                    loss_terms.append(div * n_sd * (sd_scale / scale))
-                    stats["distill_loss"] += float(div.detach()) * float(n_sd)
-                else:  # no demonstration in this micro-batch: a zero loss that still reaches every parameter
-                    loss_terms.append(s.logp_BT.sum() * 0.0)
-            loss_sum = sum(loss_terms)
+            mask_BT = mask_BT.to(s.logp_BT.device)
+            mb = MicroBatch(student=s, mask_BT=mask_BT, adv_B=batch.adv_N[rows].to(self.acc.device),
+                            teacher_logp_BT=teacher_logp_BT, teacher=teacher_s,
+                            distill_mask_BT=mask_BT * distilled_N[rows].to(mask_BT.device).unsqueeze(-1),
+                            distill_weight=distill_weight, lam=lam)
+            loss_sum = sum(term(cfg, mb, stats) for term in LOSS_TERMS[cfg.method])
             self.acc.backward(loss_sum * scale)
+            mask_f = mask_BT.float()
             stats["loss_sum"] += float(loss_sum.detach())
             stats["entropy_sum"] += float((s.entropy_BT.detach() * mask_f).sum())
             if teacher_logp_BT is not None:
-                delta_BT = (teacher_logp_BT - logp_BT.detach()) * mask_f
+                delta_BT = (teacher_logp_BT - s.logp_BT.detach()) * mask_f
                 stats["delta_sum"] += float(delta_BT.sum())
                 # Sampled-token estimate of KL(student ‖ teacher) on the student's own responses.
                 stats["kl_teacher_sum"] += float((-delta_BT).sum())

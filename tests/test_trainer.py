@@ -541,3 +541,11 @@ def test_prompts_without_the_format_instruction(tiny_dir, tmp_path):
     bare = T.Trainer(smoke_config("grpo", tmp_path / "b", tiny_dir, "format_instruction=false"),
                      progress=False).rollout()
     assert bare.student.attention_mask_BP.sum() < with_fmt.student.attention_mask_BP.sum()
+
+
+def test_every_method_has_its_loss_terms():
+    from rlsd.config import METHODS
+    from rlsd.trainer import LOSS_TERMS, grpo_term, sdpo_term
+
+    assert set(LOSS_TERMS) == set(METHODS)
+    assert LOSS_TERMS["grpo_opsd"][0] is grpo_term and LOSS_TERMS["sdpo"] == (sdpo_term,)
