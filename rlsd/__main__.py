@@ -117,8 +117,23 @@ def cmd_reproduce(args):
 
 
 def cmd_bench(args):
-    from rlsd.bench import peer_batch, run_bench
+    from pathlib import Path
 
+    from rlsd.bench import peer_batch, peer_sitting, run_bench
+
+    if args.sitting:
+        if not args.peer:
+            raise ValueError("--sitting needs --peer TRL_ANCHOR_PY")
+        trl_runs, our_runs = peer_sitting(args.peer, rounds=args.sitting, repeats=args.repeats,
+                                          trl_path=args.trl_path)
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "trl_anchor.json").write_text(json.dumps(trl_runs, indent=1) + "\n")
+        (out / "bench_anchor.json").write_text(json.dumps(our_runs) + "\n")
+        grpo = sorted(r["methods"]["grpo"]["step_s"] for r in our_runs)
+        trl = sorted(r["median_step_s"] for r in trl_runs)
+        print(f"our GRPO step {grpo} s; TRL {trl} s; written to {out}/bench_anchor.json, trl_anchor.json")
+        return
     overrides = list(args.overrides)
     if args.peer:
         overrides = peer_batch(args.peer, "/tmp/rlsd-peer-batch") + overrides
@@ -230,6 +245,11 @@ def main(argv=None):
     p.add_argument("--compare-sharing", action="store_true",
                    help="also time every method with prompts unshared, alternating with the shared runs")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--sitting", type=int, default=0, metavar="ROUNDS",
+                   help="with --peer: ROUNDS runs of ours between ROUNDS+1 runs of TRL's anchor, alternating, each a "
+                        "fresh process; writes --out-dir/bench_anchor.json and trl_anchor.json")
+    p.add_argument("--trl-path", default=None, help="put this directory on the anchor's PYTHONPATH (TRL not installed)")
+    p.add_argument("--out-dir", default="data/bench")
     p.add_argument("overrides", nargs="*", help="field=value config overrides")
     p.set_defaults(func=cmd_bench)
 

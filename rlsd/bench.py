@@ -145,6 +145,79 @@ def peer_batch(anchor_script: str, out_dir: str, n: int = 64, seed: int = 0) -> 
     return [f"data={out / 'peer.jsonl'}", "format_instruction=false", f"n_train_problems={n}"]
 
 
+# TRL anchor's training settings (`trl_anchor.py`'s defaults): LoRA r=8 (alpha 16) on q/k/v/o of the language model,
+# 8 prompts x 8 samples x 48 tokens, the whole batch in one forward/backward.
+ANCHOR_OVERRIDES = ["model.lora_rank=8", "model.lora_alpha=16", "model.lora_projections=q_proj,k_proj,v_proj,o_proj",
+                    "prompts_per_step=8", "group_size=8", "max_new_tokens=48", "micro_batch_size=64"]
+
+
+def peer_sitting(anchor_script: str, rounds: int = 3, repeats: int = 8, trl_path: str | None = None,
+                 model_dir: str = "/tmp/rlsd-anchor/model") -> tuple[list[dict], list[dict]]:
+    """TRL's anchor and our bench on its batch in ONE sitting, each run in a fresh process, alternating
+    TRL, ours, TRL, ..., TRL: `rounds` runs of ours bracketed by `rounds + 1` of TRL's, so drift in machine speed hits
+    both. `trl_path` is put on PYTHONPATH for the anchor (e.g. an unpacked TRL wheel). Returns (trl_runs, our_runs).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    work = Path(model_dir).parent
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if trl_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [trl_path, env.get("PYTHONPATH")]))
+    trl_runs, our_runs = [], []
+
+    def run(cmd, env_=None) -> str:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env_)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+            raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}): {tail[0]}")
+        return proc.stdout
+
+    def trl():
+        jsonl = work / "trl.jsonl"
+        jsonl.unlink(missing_ok=True)
+        run([sys.executable, anchor_script, "--steps", "12", "--warmup", "2", "--model-dir", model_dir,
+             "--json-out", str(jsonl)], env)
+        row = json.loads(jsonl.read_text().strip().splitlines()[-1])
+        row.pop("per_step", None)
+        trl_runs.append(row)
+
+    def ours():
+        out = run([sys.executable, "-m", "rlsd", "bench", "--peer", anchor_script, "--profile", "smoke",
+                   "--methods", "grpo,rlsd", "--repeats", str(repeats), "--compare-sharing", "--json",
+                   f"model.path={model_dir}", *ANCHOR_OVERRIDES])
+        our_runs.append(json.loads(out.strip().splitlines()[-1]))
+
+    trl()  # first: it also writes the anchor's model directory, which our runs load
+    for _ in range(rounds):
+        ours()
+        trl()
+    return trl_runs, our_runs
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Several bench results as one: every number the median over runs, repeats summed, `runs` counted."""
+    if isinstance(runs, dict):
+        return runs
+
+    def merge(values):
+        first = values[0]
+        if isinstance(first, dict):
+            return {k: merge([v[k] for v in values]) for k in first}
+        if isinstance(first, bool) or not isinstance(first, (int, float)):
+            return first
+        return statistics.median(values)
+
+    result = merge(runs)
+    result["repeats"] = sum(r["repeats"] for r in runs)
+    result["runs"] = len(runs)
+    return result
+
+
 # ------------------------------------------------------------------------------------------ scoring memory
 
 

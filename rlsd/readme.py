@@ -11,6 +11,7 @@ data/bench/*.json). A block whose source file is missing renders as a one-line n
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,13 +47,18 @@ def scoring_memory_block() -> str:
 
 
 def bench_block(name: str) -> str:
+    from rlsd.bench import pooled
+
     path = BENCH_DIR / f"{name}.json"
-    r = _load(path)
-    if r is None:
+    runs = _load(path)
+    if runs is None:
         return _missing(path, f"python -m rlsd bench ... --json > data/bench/{name}.json")
+    r = pooled(runs)
     b = r["batch"]
+    over = f"medians of {r['repeats']} repeats over {r['runs']} runs" if "runs" in r else \
+        f"medians of {r['repeats']} repeats"
     lines = [f"Batch: {b['responses']} responses, {b['response_tokens']:,} response tokens, "
-             f"{b['prompt_tokens']:,} prompt tokens; medians of {r['repeats']} repeats, 2 cores. One no-grad forward "
+             f"{b['prompt_tokens']:,} prompt tokens; {over}, 2 cores. One no-grad forward "
              f"of the batch: {r['no_grad_forward_s']:.3f} s unshared, {r['no_grad_forward_shared_s']:.3f} s with "
              f"shared prompts.", "",
              "| prompts | method | step (s) | rollout | teacher pass | update |", "|---|---|---|---|---|---|"]
@@ -63,12 +69,20 @@ def bench_block(name: str) -> str:
                          f"{t['update_s']:.3f} |")
     peer = _load(BENCH_DIR / "trl_anchor.json") if name == "bench_anchor" else None
     if peer:
-        runs = peer if isinstance(peer, list) else [peer]
-        trl = sorted(x["median_step_s"] for x in runs)[len(runs) // 2]
+        trl_runs = peer if isinstance(peer, list) else [peer]
+        trl = statistics.median(x["median_step_s"] for x in trl_runs)
         ours = r["methods"]["grpo"]["step_s"]
-        lines.append(f"\nTRL {runs[0]['trl']} `GRPOTrainer` on the same batch, same sitting (alternating, {len(runs)} "
-                     f"runs of {runs[0]['timed_steps']} timed steps): median step **{trl:.3f} s** (generation "
-                     f"{runs[0]['median_gen_s']:.3f} s). Our GRPO step / TRL's = **{ours / trl:.2f}**.")
+        text = (f"\nTRL {trl_runs[0]['trl']} `GRPOTrainer` on the same batch, same sitting ({len(trl_runs)} runs of "
+                f"{trl_runs[0]['timed_steps']} timed steps, alternating with ours): median step **{trl:.3f} s** "
+                f"(runs {min(x['median_step_s'] for x in trl_runs):.3f}–{max(x['median_step_s'] for x in trl_runs):.3f};"
+                f" generation {statistics.median(x['median_gen_s'] for x in trl_runs):.3f} s). Our GRPO step / TRL's "
+                f"= **{ours / trl:.2f}**")
+        if isinstance(runs, list) and len(trl_runs) == len(runs) + 1:
+            # each of our runs against the mean of the two TRL runs around it
+            pair = [o["methods"]["grpo"]["step_s"] / ((a["median_step_s"] + c["median_step_s"]) / 2)
+                    for o, a, c in zip(runs, trl_runs, trl_runs[1:])]
+            text += f" (each run against the TRL runs on either side: {min(pair):.2f}–{max(pair):.2f})"
+        lines.append(text + ".")
     for key, mode in (("", default), ("_unshared", "unshared"), ("_shared", "shared")):
         if f"rlsd_over_grpo{key}" in r:
             lines.append(f"\n{mode} prompts: RLSD / GRPO step = **{r['rlsd_over_grpo' + key]:.2f}**; RLSD's extra "

@@ -291,17 +291,21 @@ class _ChunkedTokenScores(torch.autograd.Function):
         grad_w = torch.zeros_like(weight_VH, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias_V, dtype=torch.float32) if need_b else None
         grad_logp_N = torch.zeros_like(lse_N) if grad_logp_N is None else grad_logp_N
-        grad_entropy_N = torch.zeros_like(lse_N) if grad_entropy_N is None else grad_entropy_N
+        entropy_has_grad = grad_entropy_N is not None  # the trainer logs the entropy but does not train on it
         for a in range(0, hidden_NH.shape[0], ctx.chunk):
             s = slice(a, a + ctx.chunk)
             h_XH = hidden_NH[s]
             with torch.no_grad():
                 logp_XV = head.logits(h_XH).sub_(lse_N[s, None])
-                p_XV = logp_XV.exp()
-                g_lp_X1, g_h_X1 = grad_logp_N[s, None], grad_entropy_N[s, None]
-                # grad_z = -g_H·p·(log p + H) - g_logp·p + g_logp·onehot(y)
-                grad_z_XV = logp_XV.add_(entropy_N[s, None]).mul_(-g_h_X1).sub_(g_lp_X1).mul_(p_XV)
-                del p_XV
+                g_lp_X1 = grad_logp_N[s, None]
+                if entropy_has_grad:
+                    # grad_z = -g_H·p·(log p + H) - g_logp·p + g_logp·onehot(y)
+                    p_XV = logp_XV.exp()
+                    grad_z_XV = logp_XV.add_(entropy_N[s, None]).mul_(-grad_entropy_N[s, None]).sub_(g_lp_X1)
+                    grad_z_XV.mul_(p_XV)
+                    del p_XV
+                else:  # grad_z = -g_logp·p + g_logp·onehot(y)
+                    grad_z_XV = logp_XV.exp_().mul_(-g_lp_X1)
                 grad_z_XV.scatter_add_(-1, tokens_N[s, None], g_lp_X1)
                 if suppress_V is not None:
                     grad_z_XV.masked_fill_(suppress_V, 0.0)
@@ -319,15 +323,29 @@ class _ChunkedTokenScores(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
+@torch.no_grad()
+def _chunked_logp(hidden_NH, head: VocabHead, tokens_N, chunk: int) -> torch.Tensor:
+    """log p(token) alone, chunk by chunk (a no-grad pass that needs no entropy: RLSD's teacher)."""
+    logp_N = hidden_NH.new_empty(hidden_NH.shape[0], dtype=torch.float32)
+    for a in range(0, hidden_NH.shape[0], chunk):
+        z_XV = head.logits(hidden_NH[a:a + chunk])
+        logp_N[a:a + chunk] = z_XV.gather(-1, tokens_N[a:a + chunk, None]).squeeze(-1) - torch.logsumexp(z_XV, -1)
+    return logp_N
+
+
 def token_scores_from_hidden(hidden_BTH, head: VocabHead, response_ids_BT, response_mask_BT,
-                             chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp_BT, entropy_BT) of the response tokens, 0 on masked positions; only unmasked positions are projected."""
+                             chunk_size: int | None = None,
+                             with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logp_BT, entropy_BT) of the response tokens, 0 on masked positions; only unmasked positions are projected.
+    Without gradients, `with_entropy=False` skips the entropy (a full pass over each chunk's probabilities)."""
     mask_BT = response_mask_BT.to(hidden_BTH.device).bool()
     chunk = chunk_size or chunk_positions(head.weight_VH.shape[0])
     tokens_N = response_ids_BT.to(hidden_BTH.device)[mask_BT].long()
+    zeros_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=hidden_BTH.device)
+    if not with_entropy and not torch.is_grad_enabled():
+        return zeros_BT.masked_scatter(mask_BT, _chunked_logp(hidden_BTH[mask_BT], head, tokens_N, chunk)), None
     logp_N, entropy_N = _ChunkedTokenScores.apply(hidden_BTH[mask_BT], head.weight_VH, head.bias_V, tokens_N,
                                                   head.suppress_V, float(head.temperature), int(chunk))
-    zeros_BT = torch.zeros(mask_BT.shape, dtype=torch.float32, device=hidden_BTH.device)
     return zeros_BT.masked_scatter(mask_BT, logp_N), zeros_BT.masked_scatter(mask_BT, entropy_N)
 
 
@@ -365,7 +383,8 @@ def score_responses(model, prompts: PromptBatch, response_ids_BT: torch.Tensor, 
     """
     hidden_BTH = response_hidden(model, prompts, response_ids_BT, response_mask_BT, share_prompts)
     head = VocabHead.of(model, suppress_V, temperature, detach=not torch.is_grad_enabled())
-    logp_BT, entropy_BT = token_scores_from_hidden(hidden_BTH, head, response_ids_BT, response_mask_BT, chunk_size)
+    logp_BT, entropy_BT = token_scores_from_hidden(hidden_BTH, head, response_ids_BT, response_mask_BT, chunk_size,
+                                                   with_entropy)
     return TokenScores(logp_BT=logp_BT, entropy_BT=entropy_BT if with_entropy else None,
                        hidden_BTH=hidden_BTH if keep_hidden else None, head=head if keep_hidden else None)
 

@@ -53,23 +53,38 @@ def _assert_close_grads(a, b, rtol=1e-4, atol=1e-5):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_chunked_logp_entropy_and_gradients_equal_the_full_logits_path(setup, temperature):
+@pytest.mark.parametrize("train_entropy", [True, False])  # False: the trainer's case, entropy logged, not trained
+def test_chunked_logp_entropy_and_gradients_equal_the_full_logits_path(setup, temperature, train_entropy):
     _, model, suppress_V, _ = setup
     prompts, ids_BT, mask_BT = _batch(setup)
     model.zero_grad()
     logp_ref, ent_ref, _ = reference_scores(model, prompts, ids_BT, mask_BT, suppress_V, temperature)
-    (logp_ref.sum() + 0.3 * ent_ref.sum()).backward()
+    (logp_ref.sum() + (0.3 * ent_ref.sum() if train_entropy else 0)).backward()
     g_ref = _grads(model)
     model.zero_grad()
     # 3 positions per chunk: many chunks, one of them partial.
     s = score_responses(model, prompts, ids_BT, mask_BT, suppress_V, temperature, chunk_size=3, share_prompts=False)
-    (s.logp_BT.sum() + 0.3 * s.entropy_BT.sum()).backward()
+    (s.logp_BT.sum() + (0.3 * s.entropy_BT.sum() if train_entropy else 0)).backward()
     torch.testing.assert_close(s.logp_BT, logp_ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(s.entropy_BT, ent_ref, rtol=0, atol=1e-5)
     assert (s.logp_BT[~mask_BT.bool()] == 0).all() and (s.entropy_BT[~mask_BT.bool()] == 0).all()
     _assert_close_grads(_grads(model), g_ref)
     assert "lm_head.weight" in g_ref  # the head's own gradient is compared too
     model.zero_grad()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_no_grad_logp_without_entropy_equals_the_reference(setup, temperature):
+    """The teacher pass's path (no gradients, no entropy) gives the reference log-probs and no entropy."""
+    _, model, suppress_V, _ = setup
+    prompts, ids_BT, mask_BT = _batch(setup)
+    with torch.no_grad():
+        logp_ref, _, _ = reference_scores(model, prompts, ids_BT, mask_BT, suppress_V, temperature)
+        s = score_responses(model, prompts, ids_BT, mask_BT, suppress_V, temperature, with_entropy=False,
+                            chunk_size=3, share_prompts=False)
+    assert s.entropy_BT is None
+    torch.testing.assert_close(s.logp_BT, logp_ref, rtol=0, atol=1e-5)
+    assert (s.logp_BT[~mask_BT.bool()] == 0).all()
 
 
 def test_chunk_size_does_not_change_scores(setup):
