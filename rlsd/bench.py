@@ -97,9 +97,13 @@ def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeat
         scoring.SHARE_PROMPTS = default_share
 
     rollout_s, forward_s = _median(rollout_times[default_share]), _median(forward_times)
+    if "rlsd" in methods:  # RLSD's teacher prompts (question + reference + instruction): their length sets its cost
+        teacher = trainers["rlsd"].teacher_prompts(base.problems, base.responses, base.rewards_N)
+        teacher_tokens = int(teacher.attention_mask_BP.sum())
     result = {"profile": profile, "repeats": repeats, "batch": {
         "responses": int(base.rewards_N.numel()), "response_tokens": int(base.rollout.response_mask_BT.sum()),
-        "prompt_tokens": int(base.student.attention_mask_BP.sum())},
+        "prompt_tokens": int(base.student.attention_mask_BP.sum()),
+        **({"teacher_prompt_tokens": teacher_tokens} if "rlsd" in methods else {})},
         "rollout_s": rollout_s, "no_grad_forward_s": forward_s,
         "no_grad_forward_shared_s": _median(shared_forward_times), "share_prompts": default_share}
     for share in modes:

@@ -58,7 +58,9 @@ def bench_block(name: str) -> str:
     over = f"medians of {r['repeats']} repeats over {r['runs']} runs" if "runs" in r else \
         f"medians of {r['repeats']} repeats"
     lines = [f"Batch: {b['responses']} responses, {b['response_tokens']:,} response tokens, "
-             f"{b['prompt_tokens']:,} prompt tokens; {over}, 2 cores. One no-grad forward "
+             f"{b['prompt_tokens']:,} prompt tokens ({b['prompt_tokens'] / b['responses']:.0f} per response"
+             + (f"; RLSD's teacher prompts {b['teacher_prompt_tokens'] / b['responses']:.0f}"
+                if "teacher_prompt_tokens" in b else "") + f"); {over}, 2 cores. One no-grad forward "
              f"of the batch: {r['no_grad_forward_s']:.3f} s unshared, {r['no_grad_forward_shared_s']:.3f} s with "
              f"shared prompts.", "",
              "| prompts | method | step (s) | rollout | teacher pass | update |", "|---|---|---|---|---|---|"]
@@ -199,15 +201,37 @@ def gpu_check_block() -> str:
     return "\n".join(lines)
 
 
+def gpu_rollouts_block() -> str:
+    """The `rollouts` stage of a GPU check (data/gpu_check/*-rollouts.json): tokens/s per rollout configuration."""
+    found = sorted((REPO / "data" / "gpu_check").glob("*-rollouts.json"))
+    if not found:
+        return _missing(REPO / "data" / "gpu_check" / "h200-qwen3vl-2b-rollouts.json",
+                        "python -m rlsd.gpu_check --arch 2b --out DIR; copy DIR/gpu_check.json")
+    report = _load(found[-1])
+    r = report["rollouts"]
+    lines = [f"{report['environment'].get('gpu', 'GPU')}, {r['batch']} (`{found[-1].relative_to(REPO)}`):", "",
+             "| configuration | base | shared prefill | KV cache | compiled | tokens/s | greedy = reference |",
+             "|---|---|---|---|---|---|---|"]
+    for name, v in r["variants"].items():
+        speed = f"{v['tokens_per_s']:,.0f}" if "tokens_per_s" in v else f"failed: {v.get('error', '?')[:60]}"
+        lines.append(f"| {name} | {v['base']} | {'yes' if v['shared_prefill'] else 'no'} | {v['cache']} | "
+                     f"{'yes' if v['compile'] else 'no'} | {speed} | {'yes' if v.get('greedy_equal_to_reference') else 'no'} |")
+    for base, best in r.get("fastest_exact", {}).items():
+        lines.append(f"\nFastest exact configuration on the {base} base: **{best['variant']}**, "
+                     f"{best['speedup_over_reference']}x its reference.")
+    return "\n".join(lines)
+
+
 BLOCKS = {
     "gpu-check": gpu_check_block,
+    "gpu-rollouts": gpu_rollouts_block,
     "reproduction": reproduction_block,
     "claims": claims_block,
     "lr-probe": lr_probe_block,
     "warm-start": warm_start_block,
     "profiles": profiles_block,
     "scoring-memory": scoring_memory_block,
-    "bench-smoke": lambda: bench_block("bench_smoke"),
+    "bench-testbed": lambda: bench_block("bench_testbed"),
     "bench-anchor": lambda: bench_block("bench_anchor"),
 }
 

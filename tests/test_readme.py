@@ -18,7 +18,7 @@ def test_render_replaces_only_between_markers():
     text = "intro\n<!-- profiles:begin x -->\nold table\n<!-- profiles:end -->\noutro\n"
     out = render(text)
     assert out.startswith("intro\n<!-- profiles:begin x -->\n| profile |") and out.endswith("<!-- profiles:end -->\noutro\n")
-    assert set(BLOCKS) >= {"profiles", "scoring-memory", "bench-smoke"}
+    assert set(BLOCKS) >= {"profiles", "scoring-memory", "bench-testbed"}
 
 
 def test_the_repository_does_not_cite_files_outside_it():
@@ -28,3 +28,26 @@ def test_the_repository_does_not_cite_files_outside_it():
             if re.search(r"DESIGN\.md|\.\./shared|/work/shared", line):
                 offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()[:80]}")
     assert offenders == []
+
+
+def test_gpu_rollouts_block_renders_a_check_report(tmp_path, monkeypatch):
+    import json
+
+    import rlsd.readme as readme
+
+    monkeypatch.setattr(readme, "REPO", tmp_path)
+    assert "not measured yet" in readme.gpu_rollouts_block()  # no report: the block says what to run
+    (tmp_path / "data" / "gpu_check").mkdir(parents=True)
+    variants = {"nf4": dict(base="nf4", shared_prefill=False, cache="dynamic", compile=False, tokens_per_s=480.0,
+                            greedy_equal_to_reference=True),
+                "nf4+shared": dict(base="nf4", shared_prefill=True, cache="dynamic", compile=False, tokens_per_s=600.0,
+                                   greedy_equal_to_reference=True),
+                "bf16+shared+static+compile": dict(base="bfloat16", shared_prefill=True, cache="static", compile=True,
+                                                   ok=False, error="RuntimeError: boom")}
+    report = {"environment": {"gpu": "NVIDIA X"}, "rollouts": {
+        "batch": "8 prompts x 8 samples x 128 tokens", "variants": variants,
+        "fastest_exact": {"nf4": {"variant": "nf4+shared", "speedup_over_reference": 1.25}}}}
+    (tmp_path / "data" / "gpu_check" / "x-rollouts.json").write_text(json.dumps(report))
+    text = readme.gpu_rollouts_block()
+    assert "| nf4+shared | nf4 | yes | dynamic | no | 600 | yes |" in text
+    assert "failed: RuntimeError: boom" in text and "**nf4+shared**, 1.25x" in text

@@ -72,3 +72,44 @@ def test_bench_on_the_trl_anchor_batch(tmp_path):
     assert all(p.images[0].size == (64, 64) and p.answer.isdigit() for p in problems)
     result = B.run_bench("smoke", overrides + ["n_train_problems=16"], repeats=1, methods=("grpo", "rlsd"))
     assert result["batch"]["responses"] == 8 and result["rlsd_over_grpo"] > 0
+
+
+FAKE_ANCHOR = '''"""A stand-in for TRL's anchor script: same command line, same JSON line, our tiny model as its model."""
+import argparse, json, sys
+from PIL import Image
+
+
+def make_dataset(n, seed, text_only=False):
+    return [{"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}],
+             "image": Image.new("RGB", (32, 32), (200, 0, 0)), "answer": i % 3} for i in range(n)]
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    for flag in ("--steps", "--warmup", "--model-dir", "--json-out"):
+        p.add_argument(flag)
+    a = p.parse_args()
+    from rlsd.tiny import save_tiny
+    save_tiny(a.model_dir, seed=0)
+    with open(a.json_out, "a") as f:
+        f.write(json.dumps({"trl": "fake", "median_step_s": 1.0, "median_gen_s": 0.5, "timed_steps": 10,
+                            "per_step": [1.0]}) + "\\n")
+'''
+
+
+def test_peer_sitting_alternates_fresh_processes_and_pools(tmp_path):
+    """`bench --peer A --sitting 1`: TRL's run, ours, TRL's again, each a fresh process; the README pools them."""
+    import rlsd.bench as B
+
+    anchor = tmp_path / "fake_anchor.py"
+    anchor.write_text(FAKE_ANCHOR)
+    trl_runs, our_runs = B.peer_sitting(str(anchor), rounds=1, repeats=1, model_dir=str(tmp_path / "m" / "model"))
+    assert [r["trl"] for r in trl_runs] == ["fake", "fake"] and all("per_step" not in r for r in trl_runs)
+    assert len(our_runs) == 1 and our_runs[0]["batch"]["responses"] == 64  # the anchor's 8 x 8
+    assert our_runs[0]["batch"]["teacher_prompt_tokens"] > our_runs[0]["batch"]["prompt_tokens"]
+    assert set(our_runs[0]["methods"]) == set(our_runs[0]["methods_unshared"]) == {"grpo", "rlsd"}
+    two = [our_runs[0], {**our_runs[0], "rollout_s": our_runs[0]["rollout_s"] + 2.0}]
+    pooled = B.pooled(two)
+    assert pooled["runs"] == 2 and pooled["repeats"] == 2
+    assert pooled["rollout_s"] == our_runs[0]["rollout_s"] + 1.0  # the median of two runs
+    assert B.pooled(our_runs[0]) is our_runs[0]  # a single result stays as it is
