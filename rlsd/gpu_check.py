@@ -296,7 +296,9 @@ def rollout_variants(profile: str, overrides: list[str], prompts_per_step: int =
             row["greedy_equal_to_reference"] = bool(torch.equal(greedy.response_ids_BT, reference))
             sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0)
             torch.manual_seed(0)
-            run(list(range(batch.batch_size)), sampling)  # warm-up (and compilation)
+            # Warm-up: CUDA kernels, bitsandbytes' caches; a compiled step needs the timed run's exact shapes.
+            run(list(range(batch.batch_size)),
+                sampling if compile_ else SamplingParams(max_new_tokens=min(8, max_new_tokens), temperature=1.0))
             torch.manual_seed(0)
             t0 = clock()
             sampled = run(list(range(batch.batch_size)), sampling)

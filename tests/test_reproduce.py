@@ -113,3 +113,29 @@ def test_peer_sitting_alternates_fresh_processes_and_pools(tmp_path):
     assert pooled["runs"] == 2 and pooled["repeats"] == 2
     assert pooled["rollout_s"] == our_runs[0]["rollout_s"] + 1.0  # the median of two runs
     assert B.pooled(our_runs[0]) is our_runs[0]  # a single result stays as it is
+
+
+def test_base_evaluation_is_reused_only_for_the_same_weights_and_settings(tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    import rlsd.evaluate as E
+    from rlsd.reproduce import evaluate_base
+
+    calls = []
+    monkeypatch.setattr(E, "evaluate", lambda *a, **k: calls.append(k.get("fmt")) or SimpleNamespace(
+        summary={"accuracy": 0.5}))
+    model = tmp_path / "model"
+    shutil.copytree(ROOT / SHIPPED_TINY, model)
+    first = evaluate_base(str(model), 4, 8, tmp_path / "logs")
+    per_eval = len(calls)
+    assert per_eval == 5 and first["key"]["n_test"] == 4
+    assert evaluate_base(str(model), 4, 8, tmp_path / "logs") == first and len(calls) == per_eval  # reused
+    evaluate_base(str(model), 4, 16, tmp_path / "logs")  # another setting: evaluated again
+    assert len(calls) == 2 * per_eval
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # other weights (the last byte of the last tensor)
+    weights.write_bytes(bytes(data))
+    evaluate_base(str(model), 4, 16, tmp_path / "logs")
+    assert len(calls) == 3 * per_eval
