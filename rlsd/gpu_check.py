@@ -221,13 +221,14 @@ def lora_gradient_check(profile: str, overrides: list[str], out: Path) -> dict:
 
 # Rollout configurations measured by `rollout_variants`: (name, 4-bit base, shared prefill, KV cache, compile).
 # The first of each base is its reference: greedy outputs of the others must equal it to be adopted.
+# "dense" is the profile's own dtype unquantized (bf16 on the GPU profiles, fp16 on T4).
 ROLLOUT_VARIANTS = (
     ("nf4", True, False, "dynamic", False),  # the GPU profiles' HF path before this stage existed
     ("nf4+shared", True, True, "dynamic", False),
-    ("bf16", False, False, "dynamic", False),
-    ("bf16+shared", False, True, "dynamic", False),
-    ("bf16+shared+static", False, True, "static", False),
-    ("bf16+shared+static+compile", False, True, "static", True),
+    ("dense", False, False, "dynamic", False),
+    ("dense+shared", False, True, "dynamic", False),
+    ("dense+shared+static", False, True, "static", False),
+    ("dense+shared+static+compiled", False, True, "static", True),
 )
 
 
@@ -248,10 +249,11 @@ def continuous_batching_status() -> dict:
 
 
 def rollout_variants(profile: str, overrides: list[str], prompts_per_step: int = 8, group_size: int = 8,
-                     max_new_tokens: int = 128, greedy_rows: int = 16, greedy_tokens: int = 32) -> dict:
+                     max_new_tokens: int = 128, greedy_rows: int = 16, greedy_tokens: int = 32,
+                     timed_runs: int = 1) -> dict:
     """Rollout tokens/s of each `ROLLOUT_VARIANTS` configuration on one batch of training prompts (sampled, T=1,
-    the seed fixed), and whether its greedy outputs equal its base's reference. `fastest_exact` per base is the
-    configuration to adopt in that profile."""
+    the seed fixed; the median of `timed_runs`), and whether its greedy outputs equal its base's reference.
+    `fastest_exact` per base is the configuration to adopt in that profile."""
     from rlsd.config import make_config
     from rlsd.inputs import encode_prompts
     from rlsd.model import load_policy
@@ -288,7 +290,11 @@ def rollout_variants(profile: str, overrides: list[str], prompts_per_step: int =
                                share_prompts=share, cache=cache, compile=compile_)
 
         row = {"base": "nf4" if nf4 else cfg.model.dtype, "shared_prefill": share, "cache": cache,
-               "compile": compile_ and torch.cuda.is_available()}
+               "compile": compile_}
+        if compile_ and not torch.cuda.is_available():
+            row["skipped"] = "generate compiles only on CUDA"
+            result["variants"][name] = row
+            continue
         try:
             greedy_rows_ = list(range(min(greedy_rows, batch.batch_size)))
             greedy = run(greedy_rows_, SamplingParams(max_new_tokens=greedy_tokens, temperature=0.0))
@@ -299,18 +305,22 @@ def rollout_variants(profile: str, overrides: list[str], prompts_per_step: int =
             # Warm-up: CUDA kernels, bitsandbytes' caches; a compiled step needs the timed run's exact shapes.
             run(list(range(batch.batch_size)),
                 sampling if compile_ else SamplingParams(max_new_tokens=min(8, max_new_tokens), temperature=1.0))
-            torch.manual_seed(0)
-            t0 = clock()
-            sampled = run(list(range(batch.batch_size)), sampling)
-            seconds = clock() - t0
+            times = []
+            for _ in range(timed_runs):
+                torch.manual_seed(0)  # the same samples every run: the same work
+                t0 = clock()
+                sampled = run(list(range(batch.batch_size)), sampling)
+                times.append(clock() - t0)
+            seconds = sorted(times)[len(times) // 2]
             tokens = int(sampled.response_mask_BT.sum())
-            row.update(seconds=round(seconds, 3), tokens=tokens, tokens_per_s=round(tokens / seconds, 1),
+            row.update(seconds=round(seconds, 3), timed_runs=timed_runs, tokens=tokens,
+                       tokens_per_s=round(tokens / seconds, 1),
                        peak_mem_mb=torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None)
         except Exception as err:  # noqa: BLE001 -- a failing variant is a result; the others still run
             row.update(ok=False, error=f"{type(err).__name__}: {err}"[:400])
         result["variants"][name] = row
     loaded.clear()
-    for base in {row["base"] for row in result["variants"].values()}:
+    for base in dict.fromkeys(row["base"] for row in result["variants"].values()):  # in variant order
         exact = {n: r for n, r in result["variants"].items() if r["base"] == base and r.get("greedy_equal_to_reference")
                  and "tokens_per_s" in r}
         if exact:
@@ -347,6 +357,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--work-dir", default="/tmp/rlsd-gpu-check", help="random model and run checkpoints")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="bench rounds (medians reported)")
+    parser.add_argument("--rollout-runs", type=int, default=1, help="timed rollouts per configuration (median)")
     parser.add_argument("--skip", default="",
                         help="comma-separated stages to skip (lora_grads, rollouts, bench, train_resume)")
     parser.add_argument("--budget-s", type=float, default=420.0,
@@ -380,7 +391,7 @@ def main(argv=None) -> dict:
     if "lora_grads" not in skip:
         stage("lora_grads", lora_gradient_check, profile, overrides, work / "grads")
     if "rollouts" not in skip:
-        stage("rollouts", rollout_variants, profile, overrides, 8, 8, args.max_new_tokens)
+        stage("rollouts", rollout_variants, profile, overrides, 8, 8, args.max_new_tokens, 16, 32, args.rollout_runs)
     if "bench" not in skip:
         stage("bench", run_bench, profile, overrides, args.repeats, ("grpo", "rlsd"), True)
     if "train_resume" not in skip:

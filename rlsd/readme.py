@@ -207,15 +207,34 @@ def gpu_rollouts_block() -> str:
     if not found:
         return _missing(REPO / "data" / "gpu_check" / "h200-qwen3vl-2b-rollouts.json",
                         "python -m rlsd.gpu_check --arch 2b --out DIR; copy DIR/gpu_check.json")
-    report = _load(found[-1])
+    return rollouts_table(found[-1])
+
+
+def cpu_rollouts_block() -> str:
+    """The same stage on this machine's CPU, tiny random model (data/bench/rollouts_cpu.json)."""
+    path = BENCH_DIR / "rollouts_cpu.json"
+    if not path.exists():
+        return _missing(path, "python -m rlsd.gpu_check --arch tiny --skip lora_grads,bench,train_resume --budget-s 0 "
+                              "--max-new-tokens 48 --rollout-runs 5 --out DIR; copy DIR/gpu_check.json")
+    return rollouts_table(path)
+
+
+def rollouts_table(path: Path) -> str:
+    report = _load(path)
     r = report["rollouts"]
-    lines = [f"{report['environment'].get('gpu', 'GPU')}, {r['batch']} (`{found[-1].relative_to(REPO)}`):", "",
+    device = report["environment"].get("gpu") or f"CPU ({report['arch']} random model)"
+    lines = [f"{device}, {r['batch']} (`{path.relative_to(REPO)}`):", "",
              "| configuration | base | shared prefill | KV cache | compiled | tokens/s | greedy = reference |",
              "|---|---|---|---|---|---|---|"]
     for name, v in r["variants"].items():
-        speed = f"{v['tokens_per_s']:,.0f}" if "tokens_per_s" in v else f"failed: {v.get('error', '?')[:60]}"
+        if "skipped" in v:
+            speed, same = f"skipped: {v['skipped']}", "—"
+        elif "tokens_per_s" in v:
+            speed, same = f"{v['tokens_per_s']:,.0f}", "yes" if v.get("greedy_equal_to_reference") else "no"
+        else:
+            speed, same = f"failed: {v.get('error', '?')[:60]}", "—"
         lines.append(f"| {name} | {v['base']} | {'yes' if v['shared_prefill'] else 'no'} | {v['cache']} | "
-                     f"{'yes' if v['compile'] else 'no'} | {speed} | {'yes' if v.get('greedy_equal_to_reference') else 'no'} |")
+                     f"{'yes' if v['compile'] else 'no'} | {speed} | {same} |")
     for base, best in r.get("fastest_exact", {}).items():
         lines.append(f"\nFastest exact configuration on the {base} base: **{best['variant']}**, "
                      f"{best['speedup_over_reference']}x its reference.")
@@ -225,6 +244,7 @@ def gpu_rollouts_block() -> str:
 BLOCKS = {
     "gpu-check": gpu_check_block,
     "gpu-rollouts": gpu_rollouts_block,
+    "cpu-rollouts": cpu_rollouts_block,
     "reproduction": reproduction_block,
     "claims": claims_block,
     "lr-probe": lr_probe_block,

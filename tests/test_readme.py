@@ -42,8 +42,8 @@ def test_gpu_rollouts_block_renders_a_check_report(tmp_path, monkeypatch):
                             greedy_equal_to_reference=True),
                 "nf4+shared": dict(base="nf4", shared_prefill=True, cache="dynamic", compile=False, tokens_per_s=600.0,
                                    greedy_equal_to_reference=True),
-                "bf16+shared+static+compile": dict(base="bfloat16", shared_prefill=True, cache="static", compile=True,
-                                                   ok=False, error="RuntimeError: boom")}
+                "dense+shared+static+compiled": dict(base="bfloat16", shared_prefill=True, cache="static",
+                                                     compile=True, ok=False, error="RuntimeError: boom")}
     report = {"environment": {"gpu": "NVIDIA X"}, "rollouts": {
         "batch": "8 prompts x 8 samples x 128 tokens", "variants": variants,
         "fastest_exact": {"nf4": {"variant": "nf4+shared", "speedup_over_reference": 1.25}}}}
