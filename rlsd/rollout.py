@@ -88,18 +88,23 @@ NEUTRAL_GENERATION = dict(repetition_penalty=1.0, encoder_repetition_penalty=1.0
                           eta_cutoff=0.0, num_beams=1, renormalize_logits=False)
 
 
-def generation_position_ids(base, inputs: dict) -> torch.Tensor:
-    """The (4, B, P) positions `generate` gives a prompt batch (transformers 5.x, Qwen3-VL): row 0 the text positions
-    (attention-mask cumsum, so left padding does not shift them), rows 1-3 the multimodal rotary positions (text-only:
-    the text positions again). Scoring's plain forward numbers columns instead; a rollout must match `generate`."""
+def generation_position_ids(base, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position_ids_4BP, rope_deltas_B1) as `generate` computes them for a prompt batch (transformers 5.x, Qwen3-VL).
+
+    Row 0 holds the text positions (attention-mask cumsum, so left padding does not shift them), rows 1-3 the
+    multimodal rotary positions (text-only: the text positions again, deltas 0). Scoring's plain forward numbers
+    columns instead; a rollout must match `generate`, whose decoding steps add the deltas to the text positions.
+    """
     mask_BP = inputs["attention_mask"]
     text_BP = (mask_BP.long().cumsum(-1) - 1).masked_fill(mask_BP == 0, 0)
     if inputs.get("image_grid_thw") is not None:
-        vision_3BP, _ = base.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                                  image_grid_thw=inputs["image_grid_thw"], attention_mask=mask_BP)
+        vision_3BP, rope_deltas_B1 = base.model.get_rope_index(
+            inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=mask_BP)
     else:
         vision_3BP = text_BP.unsqueeze(0).expand(3, -1, -1)
-    return torch.cat([text_BP.unsqueeze(0), vision_3BP], dim=0)
+        rope_deltas_B1 = torch.zeros(mask_BP.shape[0], 1, dtype=torch.long, device=mask_BP.device)
+    return torch.cat([text_BP.unsqueeze(0), vision_3BP], dim=0), rope_deltas_B1
 
 
 def shared_prefill(model, prompts: PromptBatch, cache: str = "dynamic", max_new_tokens: int = 0) -> dict | None:
@@ -118,17 +123,11 @@ def shared_prefill(model, prompts: PromptBatch, cache: str = "dynamic", max_new_
     inverse_B = torch.tensor(inverse, device=device)
     distinct = prompts.select(first_rows, trim=False)
     inputs = distinct.model_inputs()
-    position_ids_XDP = generation_position_ids(base, inputs)
+    position_ids_XDP, rope_deltas_D1 = generation_position_ids(base, inputs)
     prefix = {k: inputs[k][:, :P - 1] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
     prefix_cache = DynamicCache()
     model(**(inputs | prefix), position_ids=position_ids_XDP[:, :, :P - 1], past_key_values=prefix_cache,
           use_cache=True, logits_to_keep=no_logits(device))
-    if distinct.image_grid_thw is not None:
-        _, rope_deltas_D1 = base.model.get_rope_index(distinct.input_ids_BP, distinct.mm_token_type_ids_BP,
-                                                      image_grid_thw=distinct.image_grid_thw,
-                                                      attention_mask=distinct.attention_mask_BP)
-    else:  # text only: what generate sets for a prompt without images
-        rope_deltas_D1 = torch.zeros(len(first_rows), 1, dtype=torch.long, device=device)
     base.model.rope_deltas = rope_deltas_D1[inverse_B]
     if cache == "static":
         kv = StaticCache(config=base.config, max_cache_len=P + max_new_tokens)

@@ -232,14 +232,20 @@ def response_hidden(model, prompts: PromptBatch, response_ids_BT: torch.Tensor, 
                   use_cache=False)
         return store[-1][:, P - 1:P + T - 1]
 
-    full = prompts.with_responses(response_ids_BT, response_mask_BT)
-    position_ids_XBL = prompt_position_ids(base, full)
     distinct = prompts.select(distinct_rows, trim=False)
     inverse_B = torch.tensor(inverse, device=device)
+    prompt_inputs = distinct.model_inputs()
+    # Positions of the distinct prompts only (transformers computes M-RoPE positions row by row in Python). A response
+    # continues its prompt's text positions: continuation token j sits at (last prompt position) + 1 + j in every
+    # rotary row, as in the unshared forward -- whose padding columns are 0 with images (get_rope_index) and plain
+    # column numbers without.
+    prompt_pos_XDP = prompt_position_ids(base, prompt_inputs)
+    cont_pos_XBT = prompt_pos_XDP[:, inverse_B, -1:] + torch.arange(1, T, device=device)
+    if prompt_inputs.get("image_grid_thw") is not None:
+        cont_pos_XBT = cont_pos_XBT * response_mask_BT.to(device)[:, :T - 1].bool()
     store = []
     with _cache_through_checkpoints(base), _capture_final_hidden(base, store):
-        prompt_inputs = distinct.model_inputs()
-        prompt_inputs["position_ids"] = position_ids_XBL[:, distinct_rows, :P]
+        prompt_inputs["position_ids"] = prompt_pos_XDP
         prompt_cache = Cache(layer_class_to_replicate=_PromptLayer)
         model(**prompt_inputs, past_key_values=prompt_cache, logits_to_keep=no_logits(device), use_cache=True)
         last_prompt_BH = store[-1][:, P - 1][inverse_B]
@@ -248,9 +254,10 @@ def response_hidden(model, prompts: PromptBatch, response_ids_BT: torch.Tensor, 
         # Indexing expands each prompt's states to its rows; its backward sums the group's gradient into the prompt.
         rows_cache = Cache(layers=[_PrefixLayer(layer.keys[inverse_B], layer.values[inverse_B])
                                    for layer in prompt_cache.layers])
-        cont_inputs = dict(input_ids=full["input_ids"][:, P:P + T - 1],
-                           attention_mask=full["attention_mask"][:, :P + T - 1],
-                           position_ids=position_ids_XBL[:, :, P:P + T - 1])
+        response_mask_BT = response_mask_BT.to(device, prompts.attention_mask_BP.dtype)
+        cont_inputs = dict(input_ids=response_ids_BT.to(device)[:, :T - 1],
+                           attention_mask=torch.cat([prompts.attention_mask_BP, response_mask_BT[:, :T - 1]], dim=1),
+                           position_ids=cont_pos_XBT)
         model(**cont_inputs, past_key_values=rows_cache, logits_to_keep=no_logits(device), use_cache=True)
     return torch.cat([last_prompt_BH.unsqueeze(1), store[-1]], dim=1)
 
