@@ -142,6 +142,9 @@ class TrainConfig:
     """Decoded responses (with rewards and token credits) written to samples.jsonl per evaluation."""
     tensorboard: bool = True
     """Also log scalars to <out>/tensorboard."""
+    log_drift_grad: bool = False
+    """RLSD: also take the gradient of the drift term Â_t - A alone each step (one extra backward, the update is
+    unchanged) and log its norm, share and projection on the policy gradient (single process only)."""
 
     def validate(self) -> "TrainConfig":
         """Fail at start, naming the field, on values that would fail (or silently mislead) later."""
@@ -389,7 +392,7 @@ def make_config(profile: str = "cpu", overrides: list[str] | dict | None = None,
 # Fields a resumed run may change: where it writes, how long it runs, how often it logs, and how it batches work
 # (micro-batch sizes and the rollout's KV cache change float summation order only). Every other field changes what
 # is computed.
-RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "samples_per_eval", "tensorboard",
+RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "samples_per_eval", "tensorboard", "log_drift_grad",
                      "micro_batch_size", "rollout_batch_size", "score_batch_size", "rollout_cache", "rollout_compile"}
 
 

@@ -59,6 +59,7 @@ from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
 from rlsd.scoring import TokenScores, score_responses, suppress_mask, suppressed_token_ids
 from rlsd.teacher import TeacherWeights
+from rlsd.testbed import mentions_reference
 from rlsd.verifier import extract_answer, score_batch
 
 TEACHER_MODE = {"grpo": None, "rlsd": "snapshot", "opsd": None, "grpo_opsd": None, "sdpo": "ema"}
@@ -171,6 +172,17 @@ def rlsd_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
     stats["clip_low"] += w["weight_clip_low_frac"] * weighted
     stats["clip_high"] += w["weight_clip_high_frac"] * weighted
     stats["weighted_tokens"] += weighted
+    # RLSD = GRPO + a reward-sign-independent drift: Â_t - A = λ|A|·φ_{sign A}(Δ_t), with the sign of Δ_t
+    # (rlsd.theory). Logged as its share of the advantage mass and, when asked, of the gradient.
+    mask_f = mb.mask_BT.to(adv_BT.dtype)
+    drift_BT = adv_BT - mb.adv_B.to(adv_BT.dtype).unsqueeze(-1) * mask_f
+    stats["drift_abs_sum"] += float(drift_BT.abs().sum())
+    stats["adv_abs_sum"] += float(adv_BT.abs().sum())
+    if cfg.log_drift_grad:  # the drift part's surrogate alone; Trainer.update takes its gradient
+        logp_BT = mb.student.logp_BT
+        drift_pg, _ = alg.policy_loss(logp_BT, logp_BT.detach(), drift_BT, mb.mask_BT, cfg.eps_low, cfg.eps_high,
+                                      cfg.dual_clip)
+        stats["drift_loss"] = drift_pg * mb.mask_BT.sum()
     return _surrogate(cfg, mb, adv_BT, stats)
 
 
@@ -202,6 +214,18 @@ def sdpo_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
 # Each method's loss: the sum of its terms (each a token SUM over the micro-batch; see `Trainer.update`).
 LOSS_TERMS = {"grpo": (grpo_term,), "rlsd": (rlsd_term,), "opsd": (opsd_term,),
               "grpo_opsd": (grpo_term, grpo_opsd_distill_term), "sdpo": (sdpo_term,)}
+
+
+def drift_gradient_stats(drift_grads, total_grads) -> dict:
+    """The drift term's gradient against the whole policy gradient (both before clipping):
+    drift_grad_norm ‖g_d‖, drift_grad_share ‖g_d‖/‖g‖, drift_grad_projection <g_d, g>/‖g‖² (the part of the
+    update along itself that the drift supplies; the GRPO part supplies 1 minus it)."""
+    d = torch.cat([g.reshape(-1).double() for g in drift_grads])
+    t = torch.cat([torch.zeros_like(g).reshape(-1).double() if tg is None else tg.reshape(-1).double()
+                   for g, tg in zip(drift_grads, total_grads)])
+    t_sq = float(t @ t)
+    return {"drift_grad_norm": float(d.norm()), "drift_grad_share": float(d.norm()) / math.sqrt(t_sq) if t_sq else 0.0,
+            "drift_grad_projection": float(d @ t) / t_sq if t_sq else 0.0}
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
@@ -248,6 +272,9 @@ class Trainer:
         # The data next (seconds; a bad row or an offline hub id is reported before the model loads).
         self.train_problems, self.test_problems = load_training_problems(cfg)
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        if cfg.log_drift_grad and self.acc.num_processes > 1:
+            raise ValueError("TrainConfig.log_drift_grad works in a single process only (it takes a second gradient "
+                             "outside DDP's reducer)")
         self.progress = progress and self.acc.is_main_process
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -393,7 +420,9 @@ class Trainer:
             group["lr"] = self.learning_rate()
         stats = {"loss_sum": 0.0, "pg_loss": 0.0, "distill_loss": 0.0, "entropy_sum": 0.0, "delta_sum": 0.0,
                  "clip_low": 0.0, "clip_high": 0.0, "weighted_tokens": 0.0, "teacher_s": 0.0, "student_s": 0.0,
-                 "kl_teacher_sum": 0.0}
+                 "kl_teacher_sum": 0.0, "drift_abs_sum": 0.0, "adv_abs_sum": 0.0}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        drift_grads = None
         self.optimizer.zero_grad(set_to_none=True)
         teacher_logp_NT = None
         if batch.teacher is not None and cfg.method not in NEEDS_LOGITS:
@@ -420,6 +449,11 @@ class Trainer:
                             distill_mask_BT=mask_BT * distilled_N[rows].to(mask_BT.device).unsqueeze(-1),
                             distill_weight=distill_weight, lam=lam)
             loss_sum = sum(term(cfg, mb, stats) for term in LOSS_TERMS[cfg.method])
+            if "drift_loss" in stats:  # autograd.grad leaves .grad alone: the update itself is unchanged
+                g = torch.autograd.grad(stats.pop("drift_loss") * scale, params, retain_graph=True,
+                                        allow_unused=True)
+                g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
+                drift_grads = g if drift_grads is None else [a + b for a, b in zip(drift_grads, g)]
             self.acc.backward(loss_sum * scale)
             mask_f = mask_BT.float()
             stats["loss_sum"] += float(loss_sum.detach())
@@ -431,7 +465,8 @@ class Trainer:
                 stats["kl_teacher_sum"] += float((-delta_BT).sum())
             stats["student_s"] += clock() - t1
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        if drift_grads is not None:  # before clipping: the drift's share of the raw policy gradient
+            stats.update(drift_gradient_stats(drift_grads, [p.grad for p in params]))
         grad_norm = self.acc.clip_grad_norm_(params, cfg.grad_clip)
         # Checked AFTER clipping, on the gradients that would be applied, and agreed by every process.
         grads = [p.grad for p in params if p.grad is not None]
@@ -501,9 +536,11 @@ class Trainer:
             float((batch.rewards_N.view(-1, G).std(1) == 0).sum()), float(batch.rewards_N.numel() // G),
             stats["entropy_sum"], stats["delta_sum"], stats["kl_teacher_sum"], stats["clip_low"], stats["clip_high"],
             stats["weighted_tokens"], stats["pg_loss"], stats["distill_loss"], stats["loss_sum"],
+            float(sum(mentions_reference(r) for r in batch.responses)), stats["drift_abs_sum"], stats["adv_abs_sum"],
         ], device=acc.device, dtype=torch.float64)
         tot = acc.reduce(local, reduction="sum").tolist()
-        (r_sum, n, tokens, trunc, zero_std, groups, ent, delta, kl_t, clo, chi, wtok, pg, dist, loss_sum) = tot
+        (r_sum, n, tokens, trunc, zero_std, groups, ent, delta, kl_t, clo, chi, wtok, pg, dist, loss_sum,
+         leaks, drift_abs, adv_abs) = tot
         if torch.cuda.is_available():
             peak_mb = torch.cuda.max_memory_allocated() / 2**20
         else:
@@ -520,6 +557,11 @@ class Trainer:
             "delta_mean": delta / max(tokens, 1) if teacher_used else 0.0,
             "kl_student_teacher": kl_t / max(tokens, 1) if teacher_used else 0.0,
             "loss": loss_sum / max(tokens, 1), "pg_loss": pg / max(tokens, 1), "distill_loss": dist / max(tokens, 1),
+            # leakage in the T = 1 training rollouts themselves (the paper counts leaks in sampled outputs)
+            "rollout_leak_rate": leaks / n,
+            # RLSD's drift term Â_t - A: its share of Σ|Â_t| (0 for the other methods and once λ = 0)
+            "drift_adv_share": drift_abs / adv_abs if adv_abs else 0.0,
+            **{k: stats[k] for k in ("drift_grad_norm", "drift_grad_share", "drift_grad_projection") if k in stats},
             "grad_norm": stats["grad_norm"], "lr": stats["lr"], "skipped": not stats["finite"],
             "skipped_steps": self.skipped_steps,
             "time_rollout_s": rollout_s, "time_teacher_s": stats["teacher_s"],

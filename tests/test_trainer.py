@@ -549,3 +549,68 @@ def test_every_method_has_its_loss_terms():
 
     assert set(LOSS_TERMS) == set(METHODS)
     assert LOSS_TERMS["grpo_opsd"][0] is grpo_term and LOSS_TERMS["sdpo"] == (sdpo_term,)
+
+
+# ------------------------------------------------------------------------------- 7. RLSD's drift term, instrumented
+
+
+def _step_with_raw_grads(name, method, tmp_path, tiny_dir, *overrides):
+    """One step; also the raw (pre-clip) gradients, flattened."""
+    cfg = smoke_config(method, tmp_path / name, tiny_dir, "steps=1", "eval_every=0", "save_every=0", *overrides)
+    trainer = T.Trainer(cfg, progress=False)
+    seen = {}
+    clip = trainer.acc.clip_grad_norm_
+
+    def record_then_clip(params, max_norm):
+        params = list(params)
+        seen["g"] = torch.cat([p.grad.reshape(-1).double() for p in params])
+        return clip(params, max_norm)
+
+    trainer.acc.clip_grad_norm_ = record_then_clip
+    (record,) = trainer.train()
+    params = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    return record, seen["g"], params
+
+
+def test_drift_gradient_is_rlsd_minus_grpo_and_leaves_the_update_alone(tiny_dir, tmp_path, even_reward):
+    grpo, g_grpo, _ = _step_with_raw_grads("grpo", "grpo", tmp_path, tiny_dir)
+    rlsd, g_rlsd, p_logged = _step_with_raw_grads("rlsd", "rlsd", tmp_path, tiny_dir, "rlsd_lam0=1",
+                                                  "log_drift_grad=true")
+    _, p_plain = one_step("plain", "rlsd", tmp_path, tiny_dir, "rlsd_lam0=1")
+    assert not changed(p_plain, p_logged)  # the extra gradient does not touch the update
+    # Â_t = A + drift_t and the surrogate is linear in Â at ρ = 1: g_rlsd - g_grpo is the drift's gradient
+    d = g_rlsd - g_grpo
+    assert float(d.norm()) > 0 and rlsd["drift_adv_share"] > 0
+    assert rlsd["drift_grad_norm"] == pytest.approx(float(d.norm()), rel=1e-4)
+    assert rlsd["drift_grad_projection"] == pytest.approx(float(d @ g_rlsd) / float(g_rlsd @ g_rlsd), rel=1e-3,
+                                                          abs=1e-6)
+    assert rlsd["drift_grad_share"] == pytest.approx(float(d.norm() / g_rlsd.norm()), rel=1e-4)
+    # negative controls: no drift without evidence (λ = 0) and in GRPO
+    lam0, _, _ = _step_with_raw_grads("lam0", "rlsd", tmp_path, tiny_dir, "rlsd_lam0=0", "log_drift_grad=true")
+    assert lam0["drift_adv_share"] == 0 and lam0["drift_grad_norm"] == 0
+    assert grpo["drift_adv_share"] == 0 and "drift_grad_norm" not in grpo
+
+
+def test_rollout_leak_rate_counts_mentions_in_the_training_rollouts(tiny_dir, tmp_path, even_reward, monkeypatch):
+    decode = T.Trainer.rollout
+
+    def rollout_with(leaky):
+        def rollout(self):  # the tiny random model may sample the word itself: set every response's status
+            batch = decode(self)
+            batch.responses = [("the reference answer is 3 " if leaky(i) else "") + r.replace("reference", "")
+                               for i, r in enumerate(batch.responses)]
+            return batch
+        return rollout
+
+    monkeypatch.setattr(T.Trainer, "rollout", rollout_with(lambda i: False))
+    assert one_step("clean", "grpo", tmp_path, tiny_dir)[0]["rollout_leak_rate"] == 0.0
+    monkeypatch.setattr(T.Trainer, "rollout", rollout_with(lambda i: i % 4 == 0))
+    assert one_step("leaky", "grpo", tmp_path, tiny_dir)[0]["rollout_leak_rate"] == 0.25
+
+
+def test_drift_gradient_stats_on_known_vectors():
+    g = [torch.tensor([3.0, 4.0])]
+    assert T.drift_gradient_stats(g, g) == {"drift_grad_norm": 5.0, "drift_grad_share": 1.0,
+                                            "drift_grad_projection": 1.0}
+    s = T.drift_gradient_stats([torch.tensor([0.0, 1.0])], [torch.tensor([2.0, 0.0])])
+    assert s["drift_grad_projection"] == 0.0 and s["drift_grad_share"] == 0.5
