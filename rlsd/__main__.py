@@ -105,13 +105,15 @@ def cmd_reproduce(args):
         print(summary_markdown(resummarise(args.profile, logs_dir=args.logs_dir)))
         return
 
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     methods = tuple(args.methods.split(",")) if args.methods else RUN_METHODS
     unknown = set(methods) - set(RUN_METHODS + ABLATIONS)
     if unknown:
         raise ValueError(f"--methods: unknown run type(s) {sorted(unknown)}; choose from {RUN_METHODS + ABLATIONS}")
     summary = reproduce(args.profile, seeds=seeds, methods=methods, runs_dir=args.runs_dir, logs_dir=args.logs_dir,
-                        overrides=args.overrides)
+                        overrides=args.overrides, jobs=args.jobs)
     print(summary_markdown(summary))
     print(f"wall time: {summary['wall_time_s'] / 60:.1f} min")
 
@@ -234,6 +236,9 @@ def main(argv=None):
     p.add_argument("--summary-only", action="store_true",
                    help="recompute summary.json/.md and the figures from the logs, without training")
     p.add_argument("overrides", nargs="*", help="field=value config overrides for every run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side, one thread each (small models on few cores: faster than one "
+                        "multi-thread process; the numbers are the same)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("bench", help="step time by phase for every method on the same batch")
