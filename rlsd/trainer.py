@@ -77,7 +77,7 @@ def load_training_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Proble
     if cfg.data == "testbed":
         train, _, test = load_splits(n_train=cfg.n_train_problems, n_val=None, n_test=cfg.eval_problems)
         return train, test
-    n_eval = cfg.eval_problems if cfg.eval_every else 0
+    n_eval = cfg.eval_problems if (cfg.eval_every or cfg.eval_dense_every) else 0
     return load_train_and_eval(cfg.data, n_train=cfg.n_train_problems, n_eval=n_eval, seed=cfg.data_split_seed,
                                max_bad_fraction=cfg.data_max_bad_fraction)
 
@@ -518,13 +518,19 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward_mean']:.2f}", ent=f"{record['entropy']:.2f}",
                                 lam=f"{record['lambda']:.2f}")
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                if self.eval_due():
                     records.append(self.run_eval())
                 if cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
                     self.save_checkpoint()
         if self.writer is not None:
             self.writer.flush()
         return records
+
+    def eval_due(self) -> bool:
+        """Evaluate now? Every `eval_every` steps and at the end, plus the dense early schedule."""
+        cfg, k = self.cfg, self.step
+        dense = cfg.eval_dense_every and k <= cfg.eval_dense_until and k % cfg.eval_dense_every == 0
+        return bool(cfg.eval_every and (k % cfg.eval_every == 0 or k == cfg.steps) or dense)
 
     def step_record(self, batch: StepBatch, stats: dict, rollout_s: float, update_s: float) -> dict:
         cfg, G = self.cfg, self.cfg.group_size
@@ -589,6 +595,8 @@ class Trainer:
             cfg = self.cfg
             sampling = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens, temperature=VALIDATION_SAMPLING.temperature,
                                       top_p=VALIDATION_SAMPLING.top_p, top_k=VALIDATION_SAMPLING.top_k)
+            if cfg.eval_decoding == "greedy":
+                sampling = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens, temperature=0.0)
             rng_state = torch.get_rng_state()
             res = evaluate(self.policy, self.processor, self.test_problems, fmt="student", sampling=sampling,
                            seed=cfg.seed, batch_size=cfg.rollout_batch_size or cfg.micro_batch_size,
