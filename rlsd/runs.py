@@ -543,7 +543,9 @@ def summary_markdown(summary: dict) -> str:
     t, paired = summary["table"], summary["paired_vs_grpo"]
     names = [m for m in METHOD_ORDER if m in t] + sorted(set(t) - set(METHOD_ORDER) - {"base"})
     label = METHOD_LABEL
-    lines = [f"Warm start: student {t['base']['accuracy'] * 100:.1f}%, teacher format "
+    items = summary.get("eval_items")
+    lines = [f"Warm start{f' on the runs’ evaluation slice (the first {items:,} test problems)' if items else ''}: student "
+             f"{t['base']['accuracy'] * 100:.1f}%, teacher format "
              f"{t['base']['teacher_format'] * 100:.1f}%, blank images {t['base']['blank'] * 100:.1f}%, shuffled "
              f"{t['base']['shuffled'] * 100:.1f}%, majority {t['base']['majority'] * 100:.1f}%, ideal observer "
              f"{t['base']['ideal_observer'] * 100:.1f}%.", "",
