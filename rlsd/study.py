@@ -9,13 +9,15 @@ Everything here is declared BEFORE the runs it judges (the commit that adds a pa
 **Why these seeds and this evaluation.** The v2 reproduction (seeds 0-4) found, post hoc, RLSD ahead of GRPO while λ > 0
 (area under the test curve over steps 0-75 +1.37 ± 0.17 points, 5/5 seeds; step 25 +3.3 ± 0.7) and nothing after.
 A confirmation must use seeds that did not produce the hypothesis: seeds 100-109. Its evaluations are dense where the
-effect was seen (every 5 steps to step 75, then at 150) on the 1,500-problem test split, with the paper's validation
-decoding (T 0.7, top-p 0.8, top-k 20), one sample per problem. The lower-noise estimate is the DENSE AREA: one sample
-on 1,500 problems has a binomial SE of ~1.3 points per evaluation (~1.8 for a paired difference), and the area over
-16 evaluations with independent samples averages that to ~0.45 points per seed, against the 2.8-point per-seed SD of
-one final evaluation on 500 problems. Greedy decoding was considered and not chosen: the warm start's greedy accuracy
-is already 76.3% (T 0.7: 55.9%; ideal observer 85.2%), so greedy would measure the policy's mode, which RL's
-sharpening moves least, instead of the samples the paper reports; k samples per problem cost k times the time.
+effect was seen: every 5 steps to step 75, then at step 150, on the runs' 500-problem test slice, with the paper's
+validation decoding (T 0.7, top-p 0.8, top-k 20), one sample per problem. The lower-noise estimate is the DENSE AREA:
+one sample on 500 problems has a binomial SE of ~2.2 points per evaluation (~3.1 for a paired difference), and the
+area over 15 evaluations with independent samples averages that to ~0.8 points per seed (v2's per-seed paired SD of
+one final evaluation: 2.8 points). Not chosen, with the reason: 1,500 problems at every evaluation (measured here,
+0.02 s per problem on one core: 8 minutes of evaluation per run, the study past its 2-hour budget); greedy decoding
+(the warm start's greedy accuracy is already 76.3% against 55.9% sampled, so it measures the policy's mode, which
+RL's sharpening moves least, not the samples the paper reports); k samples per problem (k times the cost).
+(Amended before any study run: the first version of this file asked for 1,500 problems at every evaluation.)
 
 **Pre-registered criteria (confirm)**, RLSD − GRPO paired by seed, mean and paired SE over the 10 seeds:
 
@@ -50,8 +52,8 @@ CONFIRM_SEEDS = tuple(range(100, 110))
 SENSITIVITY_SEEDS = CONFIRM_SEEDS[:5]
 PROFILE = "cpu"
 LAMBDA_WINDOW = 75  # the cpu profile's K: λ reaches 0 at step 75
-# What every study run shares on top of the cpu profile: dense evaluation on 1,500 problems, the drift logged.
-COMMON = ["eval_problems=1500", "eval_decoding=validation", "eval_every=75", "eval_dense_every=5",
+# What every study run shares on top of the cpu profile: dense evaluation in the λ window, the drift logged.
+COMMON = ["eval_problems=500", "eval_decoding=validation", "eval_every=75", "eval_dense_every=5",
           f"eval_dense_until={LAMBDA_WINDOW}", "log_drift_grad=true", "samples_per_eval=4"]
 # name: (method, extra overrides, seeds)
 PARTS = {
@@ -88,7 +90,7 @@ def run_study(part: str, runs_dir: str = "runs/study", logs_dir: str | Path = LO
     t0 = time.time()
     todo, logs = [], Path(logs_dir)
     logs.mkdir(parents=True, exist_ok=True)
-    warm = Path(make_config(PROFILE).model.path) / "base_eval.json"  # the warm start on the 1,500-problem split
+    warm = REPO / "data" / "runs" / PROFILE / "base_eval.json"  # the warm start on the same 500 problems
     if not (logs / "base_eval.json").exists() and warm.exists():
         shutil.copy2(warm, logs / "base_eval.json")
     for name, cfg in study_runs(part, runs_dir):
@@ -143,7 +145,7 @@ def endpoints(base_eval: dict | None = None) -> dict:
 
 def judge_study(logs: str | Path = LOGS) -> dict:
     """Verdicts of every declared criterion on the logs present (missing runs: 'not run'), written to
-    <logs>/verdicts.json. Curves start at step 0 with the warm start's evaluation (1,500 problems) when it is there."""
+    <logs>/verdicts.json. Curves start at step 0 with the warm start's evaluation (same problems) when it is there."""
     from rlsd.runs import load_runs, with_base_eval
 
     logs = Path(logs)

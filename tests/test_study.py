@@ -12,7 +12,7 @@ def test_study_runs_are_the_declared_ones():
     assert len(runs) == 20 and set(S.CONFIRM_SEEDS) == set(range(100, 110))
     cfg = runs["rlsd-s100"]
     assert (cfg.method, cfg.seed, cfg.eval_problems, cfg.eval_dense_every, cfg.eval_dense_until) == (
-        "rlsd", 100, 1500, 5, 75)
+        "rlsd", 100, 500, 5, 75)
     assert cfg.rlsd_lam0 == 0.5 and cfg.rlsd_clip_eps == 0.2 and cfg.rlsd_decay_steps == 75 and cfg.log_drift_grad
     sens = dict(S.study_runs("sensitivity", "runs/study"))
     assert sens["rlsd_l1.0_e0.5-s100"].rlsd_lam0 == 1.0 and sens["rlsd_l1.0_e0.5-s100"].rlsd_clip_eps == 0.5
@@ -24,7 +24,7 @@ def test_study_runs_are_the_declared_ones():
 def write_run(root, name, seed, acc, leak=0.0):
     d = root / f"{name}-s{seed}"
     d.mkdir(parents=True)
-    evals = [{"step": s, "n": 1500, "accuracy": acc(s), "split": "test"} for s in list(range(5, 80, 5)) + [150]]
+    evals = [{"step": s, "n": 500, "accuracy": acc(s), "split": "test"} for s in list(range(5, 80, 5)) + [150]]
     (d / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in evals) + "\n")
     metrics = [{"step": s, "reward_mean": 0.5, "rollout_leak_rate": leak} for s in range(1, 151)]
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in metrics) + "\n")
