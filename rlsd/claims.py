@@ -154,9 +154,11 @@ def _entropy(summary: dict) -> list[dict]:
     if curve:
         ratios = [last / first for first, last in curve if first]
         holds = (all(r < ENTROPY_COLLAPSE for r in ratios), len(ratios))
+        rlsd = [last / first for first, last in summary["entropy_first_last"].get("rlsd", []) if first]
+        beside = f"; RLSD's, beside it: {', '.join(f'{r:.2f}' for r in rlsd)}" if rlsd else ""
         rows.append(_verdicts("GRPO's entropy collapses", "entropy", "final/first-10% entropy per seed: "
                               + ", ".join(f"{r:.2f}" for r in ratios) + f" (needs < {ENTROPY_COLLAPSE} in every "
-                              "seed)", holds, SAME))
+                              f"seed){beside}", holds, SAME))
     return rows
 
 

@@ -108,7 +108,8 @@ class TrainConfig:
     """N: the RLSD teacher snapshot is re-synced to the policy every N steps."""
     teacher_reference: str = "answer"
     """What the teacher prompt reveals: 'answer' (the final answer; RLSD) or 'solution' (a reference solution, if
-    the data has one; OPSD's original setting). The testbed's teacher format was trained with the answer."""
+    the data has one; OPSD's original setting). The testbed's teacher format was trained with the answer.
+    'wrong_answer': a control -- the teacher is told a plausible wrong answer (rlsd.testbed.wrong_answer)."""
 
     # --- OPSD / GRPO+OPSD / SDPO
     opsd_beta: float = 0.5
@@ -230,8 +231,10 @@ class TrainConfig:
             bad("eval_decoding", f"must be 'validation' or 'greedy', got {self.eval_decoding!r}")
         if self.eval_dense_every and not self.eval_dense_until:
             bad("eval_dense_until", "must be > 0 when eval_dense_every is set")
-        if self.teacher_reference not in ("answer", "solution"):
-            bad("teacher_reference", f"must be 'answer' or 'solution', got {self.teacher_reference!r}")
+        if self.teacher_reference not in ("answer", "solution", "wrong_answer"):
+            bad("teacher_reference", f"must be 'answer', 'solution' or 'wrong_answer', got {self.teacher_reference!r}")
+        if self.teacher_reference == "wrong_answer" and self.data != "testbed":
+            bad("teacher_reference", "'wrong_answer' (a control) needs data=testbed, where a wrong answer is known")
         if self.rollout_cache not in ("dynamic", "static"):
             bad("rollout_cache", f"must be 'dynamic' or 'static', got {self.rollout_cache!r}")
         if self.rollout_compile and self.rollout_cache != "static":

@@ -59,7 +59,7 @@ from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
 from rlsd.scoring import TokenScores, score_responses, suppress_mask, suppressed_token_ids
 from rlsd.teacher import TeacherWeights
-from rlsd.testbed import mentions_reference
+from rlsd.testbed import mentions_reference, wrong_answer
 from rlsd.verifier import extract_answer, score_batch
 
 TEACHER_MODE = {"grpo": None, "rlsd": "snapshot", "opsd": None, "grpo_opsd": None, "sdpo": "ema"}
@@ -98,6 +98,8 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def reference_text(problem: Problem, cfg: TrainConfig) -> str:
+    if cfg.teacher_reference == "wrong_answer":  # the study's control: the teacher told a wrong answer
+        return wrong_answer(problem)
     if cfg.teacher_reference == "solution" and problem.solution:
         return f"{problem.solution} The final answer is {problem.answer}."
     return problem.answer

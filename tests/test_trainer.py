@@ -630,3 +630,14 @@ def test_dense_early_evaluation_and_greedy_decoding(tiny_dir, tmp_path, even_rew
     assert first == [s for s in read_jsonl(tmp_path / "dense" / "samples.jsonl") if s["step"] == 1]
     with pytest.raises(ValueError, match="eval_decoding"):
         smoke_config("grpo", tmp_path / "bad", tiny_dir, "eval_decoding=beam")
+
+
+def test_wrong_answer_teacher_is_told_the_wrong_answer(tmp_path):
+    from rlsd.testbed import generate_split, wrong_answer
+
+    problem = generate_split("test", 1)[0]
+    cfg = make_config("smoke", ["teacher_reference=wrong_answer"])
+    assert T.reference_text(problem, cfg) == wrong_answer(problem) != problem.answer
+    assert T.reference_text(problem, make_config("smoke")) == problem.answer
+    with pytest.raises(ValueError, match="teacher_reference"):
+        make_config("smoke", ["teacher_reference=wrong_answer", f"data={tmp_path / 'rows.jsonl'}"])
