@@ -324,8 +324,9 @@ def _is_user_error(e: BaseException) -> bool:
     """Errors that describe the user's input (a file, a path, a config value), as opposed to bugs."""
     from rlsd.checkpoint import CheckpointError
     from rlsd.data import DataError
+    from rlsd.preflight import PreflightError
 
-    if isinstance(e, (DataError, CheckpointError, OSError, FloatingPointError)):
+    if isinstance(e, (DataError, CheckpointError, PreflightError, OSError, FloatingPointError)):
         return True
     return type(e) is ValueError  # config validation raises plain ValueError naming the field
 
