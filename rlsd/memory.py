@@ -127,6 +127,14 @@ def _parameters(s: dict) -> tuple[int, int, int]:
     return linear, embed, vision
 
 
+def weights_gib(shape: dict, load_in_4bit: bool, tied: bool | None = None, dtype_bytes: int = 2) -> float:
+    """The HF policy's weights (GiB) for a model of `shape` (`SHAPES`): NF4 or `dtype_bytes` linear layers, the
+    rest at `dtype_bytes`. `tied` overrides the shape's embedding tying (a random model may untie them)."""
+    s = dict(shape, tied=shape["tied"] if tied is None else tied)
+    linear, embed, vision = _parameters(s)
+    return (linear * (NF4_BYTES if load_in_4bit else dtype_bytes) + dtype_bytes * (embed + vision)) / GB
+
+
 def _prompt_tokens(cfg: TrainConfig) -> int:
     return PROMPT_TEXT_TOKENS + (cfg.model.max_pixels or 1_048_576) // (32 * 32)
 
