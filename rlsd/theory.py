@@ -728,14 +728,16 @@ def thought_only_gradients(thought, answer, success_prob, group_size, lam, clip_
                                                                            dtype=DTYPE), group_size)
     pairs_B2 = torch.stack([tokens_NG.reshape(-1) // vocab, tokens_NG.reshape(-1) % vocab], dim=1)
     adv_B = group_advantages(rewards_NG.reshape(-1), group_size)
-    teacher_logp_B2 = torch.stack([torch.log(_t(thought[1]))[pairs_B2[:, 0]], torch.log(_t(answer[1]))[pairs_B2[:, 1]]], 1)
+    teacher_logp_B2 = torch.stack([torch.log(_t(thought[1]))[pairs_B2[:, 0]],
+                                   torch.log(_t(answer[1]))[pairs_B2[:, 1]]], 1)
     student_logp_B2 = torch.stack([logps[0].detach()[pairs_B2[:, 0]], logps[1].detach()[pairs_B2[:, 1]]], 1)
     mask_B2 = torch.ones_like(teacher_logp_B2)
     thought_mask_B2 = torch.tensor([[True, False]]).expand(pairs_B2.shape[0], 2) if thought_only else None
     adv_hat_B2 = rlsd_token_advantages(adv_B, teacher_logp_B2, student_logp_B2, mask_B2, lam, clip_eps,
                                        thought_mask_BT=thought_mask_B2)
     weight_B = (prob_N / (2 * group_size)).repeat_interleave(group_size)
-    surrogate = (weight_B * (adv_hat_B2[:, 0] * logps[0][pairs_B2[:, 0]] + adv_hat_B2[:, 1] * logps[1][pairs_B2[:, 1]])).sum()
+    surrogate = (weight_B * (adv_hat_B2[:, 0] * logps[0][pairs_B2[:, 0]]
+                             + adv_hat_B2[:, 1] * logps[1][pairs_B2[:, 1]])).sum()
     grad_thought_V, grad_answer_V = torch.autograd.grad(surrogate, thetas)
     return grad_thought_V, grad_answer_V
 

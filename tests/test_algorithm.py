@@ -321,7 +321,8 @@ def test_rlsd_negative_only_hand_case():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
     w, cw, stats = rlsd_token_weights(adv, teacher, student, mask, eps, negative_only=True)
     assert (w[0] == 1).all() and (cw[0] == 1).all()
-    assert stats["weight_clip_low_frac"] == pytest.approx(1 / 5) and stats["weight_clip_high_frac"] == pytest.approx(1 / 5)
+    assert stats["weight_clip_low_frac"] == pytest.approx(1 / 5)
+    assert stats["weight_clip_high_frac"] == pytest.approx(1 / 5)
     # without the switch response 0 is reweighted (a check that catches a switch that does nothing)
     off = rlsd_token_advantages(adv, teacher, student, mask, lam, eps)
     assert off[0, 0] == pytest.approx(2 * (0.5 + 0.5 * 1.2)) and torch.equal(off[1:], got[1:])
@@ -341,7 +342,8 @@ def test_rlsd_thought_only_hand_case():
     both = rlsd_token_advantages(adv, teacher, student, mask, lam, eps, negative_only=True, thought_mask_BT=thought)
     assert torch.equal(both[0], torch.full((3,), 2.0, dtype=torch.float64)) and torch.equal(both[1:], got[1:])
     _, _, stats = rlsd_token_weights(adv, teacher, student, mask, eps, thought_mask_BT=thought)
-    assert stats["weight_clip_high_frac"] == pytest.approx(1 / 4) and stats["weight_clip_low_frac"] == pytest.approx(1 / 4)
+    assert stats["weight_clip_high_frac"] == pytest.approx(1 / 4)
+    assert stats["weight_clip_low_frac"] == pytest.approx(1 / 4)
     assert stats["delta_mean"] == pytest.approx(float(teacher[mask != 0].mean()))  # Δ still over all tokens
     with pytest.raises(ValueError, match="thought_mask_BT"):
         rlsd_token_advantages(adv, teacher, student, mask, lam, eps, thought_mask_BT=thought[:, :2])
