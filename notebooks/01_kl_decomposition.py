@@ -81,6 +81,10 @@ print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now
 #    variance and check it (and the commonly stated diagonal formula) against sampled gradients.
 # 5. **Theorem 4.** The quantity RLSD uses instead — the teacher/student ratio of the *sampled* token — is exactly the
 #    update of the model's belief in $r$, and its product over a response telescopes.
+# 6. **RLSD's hidden distillation term.** Exactly, with the clip, RLSD's token advantage is GRPO's plus a term with the
+#    sign of the teacher/student log-ratio whatever the reward; in expectation over a group it pulls the student toward
+#    the teacher even when the reward says nothing, and we compute that pull exactly (its size, direction, the
+#    teacher's habits, and the `negative_only` / `thought_only` switches).
 #
 # All the logic lives in `rlsd/theory.py`; the cells below call it, print checks and draw the figures.
 
@@ -91,8 +95,8 @@ SAVE_FIGURES = PROFILE != "smoke"  # smoke runs must not overwrite the committed
 
 # %%
 SIZES = {
-    "smoke": {"sweep_points": 41, "sgd_steps": 400, "noise_samples": 2_000, "noise_cases": 12},
-    "cpu": {"sweep_points": 201, "sgd_steps": 3_000, "noise_samples": 20_000, "noise_cases": 48},
+    "smoke": {"sweep_points": 41, "sgd_steps": 400, "noise_samples": 2_000, "noise_cases": 12, "drift_cases": 30},
+    "cpu": {"sweep_points": 201, "sgd_steps": 3_000, "noise_samples": 20_000, "noise_cases": 48, "drift_cases": 160},
 }[PROFILE]
 
 # %matplotlib inline
@@ -446,6 +450,270 @@ print("product of w_t = P(r|x,y)/P(r|x) (relative 1e-12):", worst_product < 1e-1
 save(th.plot_evidence(examples, r_true), "01_evidence_weights")
 
 # %% [markdown]
+# ## 6. RLSD's hidden distillation term
+#
+# RLSD's token advantage is $\hat A_t = A\,\big((1-\lambda) + \lambda\, c_t\big)$ with
+# $c_t = \mathrm{clip}\big(e^{\operatorname{sign}(A)\,\delta_t}, 1-\varepsilon_w, 1+\varepsilon_w\big)$ and
+# $\delta_t = \log P_T(y_t) - \log \pi(y_t)$ (stop-gradient). Define
+#
+# $$ \varphi_+(\delta) = \mathrm{clip}(e^{\delta}, 1\pm\varepsilon_w) - 1, \qquad
+#    \varphi_-(\delta) = 1 - \mathrm{clip}(e^{-\delta}, 1\pm\varepsilon_w) . $$
+#
+# **Proposition 2 (exact, with the clip).** $\hat A_t = A + \lambda\,|A|\,\varphi_{\operatorname{sign} A}(\delta_t)$.
+#
+# *Proof.* $\hat A_t = A + \lambda A (c_t - 1)$. If $A > 0$, $c_t = \mathrm{clip}(e^{\delta_t})$ and
+# $\lambda A(c_t - 1) = \lambda|A|\varphi_+(\delta_t)$. If $A < 0$, $c_t = \mathrm{clip}(e^{-\delta_t})$ and
+# $\lambda A (c_t - 1) = \lambda |A| (1 - c_t) = \lambda|A|\varphi_-(\delta_t)$. If $A = 0$ both sides are 0. $\square$
+#
+# Because $1 \in [1-\varepsilon_w, 1+\varepsilon_w]$ and the clip is monotone, both $\varphi_\pm$ are non-decreasing,
+# vanish only at $\delta = 0$, have **the sign of $\delta$**, and $|\varphi_\pm| \le \varepsilon_w$. So RLSD is GRPO
+# plus a term $\lambda|A|\varphi(\delta_t)$ that raises the tokens the teacher prefers ($\delta_t > 0$) and lowers the
+# others **whatever the reward**: per token, $\operatorname{sign}\hat A_t = \operatorname{sign} A$ (the paper's
+# "direction isolation"), but the *difference* from GRPO follows the teacher. The split is
+# `rlsd.algorithm.rlsd_drift_decomposition`. First the identity, checked on random inputs against the trainer's own
+# `rlsd_token_advantages`, and a negative control: the same identity with $\varphi$ defined without the clip.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from rlsd import algorithm as alg  # noqa: E402
+
+worst, worst_clipless, sign_ok, bound_ok, clipped_tokens = 0.0, 0.0, True, True, 0
+for i in range(200):
+    g = torch.Generator().manual_seed(6000 + i)
+    adv_B = torch.randn(8, generator=g, dtype=torch.float64)
+    teacher_BT = -3 * torch.rand(8, 16, generator=g, dtype=torch.float64)
+    student_BT = -3 * torch.rand(8, 16, generator=g, dtype=torch.float64)
+    mask_BT = torch.ones(8, 16)
+    lam, eps = float(torch.rand(1, generator=g)), 0.05 + 0.9 * float(torch.rand(1, generator=g))
+    total_BT = alg.rlsd_token_advantages(adv_B, teacher_BT, student_BT, mask_BT, lam, eps)
+    grpo_BT, drift_BT = alg.rlsd_drift_decomposition(adv_B, teacher_BT, student_BT, mask_BT, lam, eps)
+    worst = max(worst, float((total_BT - grpo_BT - drift_BT).abs().max()))
+    delta_BT, positive_B1 = teacher_BT - student_BT, adv_B[:, None] > 0
+    clipless_BT = torch.where(positive_B1, th.phi(delta_BT, True, None), th.phi(delta_BT, False, None))
+    worst_clipless = max(worst_clipless, float((total_BT - grpo_BT - lam * adv_B.abs()[:, None] * clipless_BT)
+                                               .abs().max()))
+    sign_ok &= bool(torch.equal(torch.sign(drift_BT), torch.sign(delta_BT)))
+    bound_ok &= bool((drift_BT.abs() <= lam * eps * adv_B.abs()[:, None] + 1e-15).all())
+print(f"200 random batches (8 x 16 tokens, random λ, ε): max |Â - (A + λ|A|φ(δ))| = {worst:.0e} (exact to 1e-14: "
+      f"{worst < 1e-14})")
+print(f"negative control, φ without the clip: max error {worst_clipless:.2f} "
+      f"(the identity fails: {worst_clipless > 0.1})")
+print("sign(extra term) = sign(δ) on every token, for A > 0 and A < 0 alike:", sign_ok)
+print("|extra term| <= λ·ε·|A| on every token:", bound_ok)
+
+# %% [markdown]
+# **Proposition 3 (the group average).** Take one-token responses $y_i \sim \pi = \mathrm{softmax}(\theta)$,
+# $i = 1..G$, rewards $R_i$ independent of the responses, and the on-policy surrogate
+# $\frac1G\sum_i \hat A_i \log\pi(y_i)$ (the PPO surrogate's gradient at ratio 1). Its expected gradient is
+#
+# $$ \mathbb{E}\, g \;=\; \underbrace{0}_{\text{GRPO part}}
+# \;+\; \lambda\,\big(m_+\, d_+ + m_-\, d_-\big), \qquad
+# d_\pm = \mathbb{E}_{y\sim\pi}\big[\varphi_\pm(\delta(y))\,\nabla_\theta\log\pi(y)\big],\quad
+# m_\pm = \mathbb{E}\big[\max(\pm A_i, 0)\big], $$
+#
+# and $m_+ = m_- =: m$.
+#
+# *Proof.* $A_i$ is a function of the rewards only, hence independent of $y_i$:
+# $\mathbb{E}[A_i \nabla\log\pi(y_i)] = \mathbb{E}[A_i]\,\mathbb{E}_y[\nabla\log\pi(y)] = 0$ because
+# $\mathbb{E}_y \nabla\log\pi(y) = \nabla \sum_y \pi(y) = 0$. Likewise
+# $\mathbb{E}\big[\lambda|A_i|\varphi_{\operatorname{sign}A_i}(\delta(y_i))\nabla\log\pi(y_i)\big]
+# = \lambda \sum_\pm \mathbb{E}[|A_i|\,\mathbb 1\{\pm A_i > 0\}]\, d_\pm$. Every group's advantages sum to zero
+# ($A_i$ is centred by the group mean and divided by one common scale), so $\sum_i A_i^+ = \sum_i A_i^-$ in every
+# group and $m_+ = m_-$ by exchangeability. $\square$
+#
+# So in expectation GRPO does nothing here (the reward carries no information about the response) and RLSD moves the
+# student anyway: $\frac1G\sum_i \lambda|A_i|\varphi(\delta(y_i))\nabla\log\pi(y_i)$ is an $|A|$-weighted
+# sampled-token estimator of a pull toward the teacher. Which pull? Inside the clip ($\varphi_+ = e^\delta - 1$,
+# $\varphi_- = 1 - e^{-\delta}$) it is exact in closed form, since $\pi(y)\,e^{\delta(y)} = P_T(y)$:
+#
+# $$ d_+ = P_T - \pi = -\nabla_\theta \mathrm{KL}(P_T \,\|\, \pi), \qquad
+#    d_- = -\tfrac12 \nabla_\theta\, \chi^2(\pi \,\|\, P_T), $$
+#
+# and since $\varphi_\pm(\delta) = \delta + O(\delta^2)$, both are $\mathbb{E}_y[\delta\,\nabla\log\pi] =
+# -\nabla_\theta\mathrm{KL}(\pi\,\|\,P_T)$ to first order: $\mathbb{E}\,g \approx 2\lambda m\,(-\nabla_\theta
+# \mathrm{KL}(\pi\|P_T))$. The clip bounds the pull: $\|d_\pm\|$ cannot exceed what $|\varphi| = \varepsilon_w$ gives.
+#
+# The check does not use any of these formulas: `th.drift_gradient_enumerated` enumerates every tuple of $G = 4$
+# responses over $V = 5$ tokens and every tuple of rewards ($5^4 \times 2^4 = 10{,}000$ groups), computes $\hat A$ with
+# `rlsd.algorithm` and the expected gradient with autograd; `th.drift_gradient_factorised` evaluates the right side
+# (with $m_\pm$ from the $2^G$ reward tuples through `group_advantages`).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+student_V = torch.tensor([0.40, 0.25, 0.15, 0.12, 0.08], dtype=torch.float64)
+teacher_V = torch.tensor([0.30, 0.27, 0.17, 0.10, 0.16], dtype=torch.float64)
+theta_V, lam, eps, p_success, G = torch.log(student_V), 0.5, 0.2, 0.5, 4
+exact = th.drift_gradient_enumerated(theta_V, teacher_V, torch.full((5,), p_success, dtype=torch.float64), G,
+                                     lam, eps)
+factorised = th.drift_gradient_factorised(student_V, teacher_V, p_success, G, lam, eps)
+divergences = th.divergence_gradients(theta_V, teacher_V)
+first_order = 2 * lam * factorised["m_pos"] * -divergences["reverse_kl"]
+print("δ(v) =", [num(d, 3) for d in th.log_ratio(student_V, teacher_V)])
+print(f"m+ = {num(factorised['m_pos'])}, m- = {num(factorised['m_neg'])} (equal: "
+      f"{abs(factorised['m_pos'] - factorised['m_neg']) < 1e-12})")
+grpo_max = float(exact["grpo"].abs().max())
+print(f"GRPO: max |E g| = {grpo_max:.0e} (0 to 1e-15: {grpo_max < 1e-15})")
+print("RLSD: E g =", [num(x, 5) for x in exact["rlsd"]], f"(norm {float(exact['rlsd'].norm()):.4f})")
+print(f"RLSD (enumerated) = λ(m+ d+ + m- d-) (factorised) to 1e-15: "
+      f"{float((exact['rlsd'] - factorised['drift']).abs().max()) < 1e-15}; "
+      f"= its drift part to 1e-15: {float((exact['rlsd'] - exact['drift_part']).abs().max()) < 1e-15}")
+print(f"cosine(E g, -∇KL(π ‖ P_T)) = {th.cosine(exact['rlsd'], -divergences['reverse_kl']):.4f}; "
+      f"|E g| / |2λm·∇KL| = {float(exact['rlsd'].norm() / first_order.norm()):.3f}")
+inside = [float((th.drift_direction(student_V, teacher_V, None, True) + divergences["forward_kl"]).abs().max()),
+          float((th.drift_direction(student_V, teacher_V, None, False) + 0.5 * divergences["chi2"]).abs().max())]
+print(f"without the clip: d+ = -∇KL(P_T ‖ π) and d- = -½∇χ²(π ‖ P_T) to 1e-15: {max(inside) < 1e-15}")
+dependent = th.drift_gradient_enumerated(theta_V, teacher_V, torch.tensor([0.9, 0.5, 0.5, 0.5, 0.1],
+                                         dtype=torch.float64), G, lam, eps)
+print(f"negative control, reward depends on the response: GRPO max |E g| = "
+      f"{float(dependent['grpo'].abs().max()):.4f} (not 0: {float(dependent['grpo'].abs().max()) > 1e-3})")
+# %% [markdown]
+# A Monte-Carlo over sampled groups (G = 8, λ 0.5, ε 0.2, rewards independent of the response) only estimates this
+# direction. Exactly, its cosine with $-\nabla\mathrm{KL}(\pi\|P_T)$ does not depend on λ, G or the success rate at
+# all (they enter through the scalar $\lambda m$); it depends on the case, through how much of δ the clip cuts. For
+# this case at $G = 8$, the exact value and a 50,000-group Monte-Carlo through `rlsd.algorithm`:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+exact8 = th.drift_gradient_factorised(student_V, teacher_V, 0.5, 8, 0.5, 0.2)
+mc_mean, mc_se = th.monte_carlo_group_gradient(theta_V, teacher_V, 0.5, 8, 0.5, 0.2, num_groups=50_000, seed=SEED)
+z = (mc_mean - exact8["drift"]) / mc_se
+print(f"G = 8: m = {num(exact8['m_pos'])}; exact cosine with -∇KL(π ‖ P_T) = "
+      f"{th.cosine(exact8['drift'], -divergences['reverse_kl']):.4f}")
+print(f"Monte-Carlo (50,000 groups): cosine {th.cosine(mc_mean, -divergences['reverse_kl']):.2f}, "
+      f"largest |MC - exact| = {float(z.abs().max()):.1f} s.e. (< 4: {float(z.abs().max()) < 4})")
+
+# %% [markdown]
+# **How the drift scales.** $\|\mathbb{E} g\| = \lambda\, m(p, G)\, \|d_+ + d_-\|$: linear in λ; through $m$, it is
+# zero when every group has equal rewards ($p \in \{0, 1\}$) and largest at $p = 1/2$; through $\varphi$, it grows
+# with the teacher–student gap until the clip saturates, where $|\varphi| = \varepsilon_w$. The exact $m(p, G)$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+for group_size in (4, 8):
+    row = [th.advantage_moments(p, group_size) for p in (0.05, 0.1, 0.25, 0.5, 0.75, 0.9)]
+    print(f"G = {group_size}: m(p) at p = 0.05, 0.1, 0.25, 0.5, 0.75, 0.9:", [num(r["pos"], 3) for r in row],
+          f" E[A] = 0: {max(abs(r['mean']) for r in row) < 1e-12}")
+
+# %% [markdown]
+# Over random cases (student and teacher Dirichlet draws over $V = 5$; the teacher moved away from the student by a
+# varying amount, $P_T \propto \pi\, e^{s z}$) the direction of the exact drift against $-\nabla\mathrm{KL}(\pi\|P_T)$:
+# near the student it is the reverse-KL gradient; far away the clip flattens φ and the direction turns, more so for
+# the smaller ε. (`negative_only`, which keeps only $d_-$, points almost the same way: it changes the size, below.)
+
+# %%
+cosines = {}
+kl_N = []
+cases = []
+for i in range(SIZES["drift_cases"]):
+    rng = np.random.default_rng(7000 + i)
+    pi_V = torch.tensor(rng.dirichlet(np.ones(5)), dtype=torch.float64)
+    scale = 10 ** rng.uniform(-1.5, 0.7)
+    t_V = torch.softmax(torch.log(pi_V) + scale * torch.tensor(rng.standard_normal(5), dtype=torch.float64), -1)
+    cases.append((pi_V, t_V))
+    kl_N.append(float((pi_V * (torch.log(pi_V) - torch.log(t_V))).sum()))
+kl_N = np.array(kl_N)
+for label, eps_w, negative_only in (("ε 0.2", 0.2, False), ("ε 0.5", 0.5, False),
+                                    ("ε 0.2, negative_only", 0.2, True)):
+    cos_N = np.array([th.cosine(th.drift_gradient_factorised(pi_V, t_V, 0.5, 8, 0.5, eps_w, negative_only)["drift"],
+                                -th.divergence_gradients(torch.log(pi_V), t_V)["reverse_kl"]) for pi_V, t_V in cases])
+    cosines[label] = (kl_N, cos_N)
+    near, far = kl_N < 0.01, kl_N > 0.3
+    print(f"{label:22s} cosine: median {np.median(cos_N):.3f}; KL < 0.01: min {cos_N[near].min():.3f}; "
+          f"KL > 0.3: median {np.median(cos_N[far]):.3f}, min {cos_N[far].min():.3f}")
+
+# %% [markdown]
+# **The teacher's habit.** Let the teacher be the student plus a habit, $P_T = (1-h)\,\pi + h\, e_{\text{habit}}$ (the
+# self-teacher's tendency to open with "the reference says…"). Then δ takes two values, $a = \log(1 - h + h/\pi_h)$
+# on the habit token and $c = \log(1-h)$ on every other one, and the rate at which the habit's probability grows per
+# unit logit step is exactly
+#
+# $$ \frac{d\pi_h}{d\eta} = \lambda\,\pi_h^2\, \|e_h - \pi\|^2\,\big[m_+(\varphi_+(a) - \varphi_+(c))
+# + m_-(\varphi_-(a) - \varphi_-(c))\big] \;\le\; 4\lambda\varepsilon_w m\, \pi_h^2\, \|e_h - \pi\|^2 $$
+#
+# (*proof*: φ is constant on the non-habit tokens, so $d_\pm = \pi_h(\varphi_\pm(a) - \varphi_\pm(c))(e_h - \pi)$, and
+# $d\pi_h/d\eta = \pi_h (g_h - \pi\cdot g)$ for a logit step along $g$), with equality once the clip saturates on
+# both values of δ. It grows with $h$, with λ and, up to saturation, with ε: the dose is
+# $\lambda\varepsilon_w$. `negative_only` drops the $m_+$ term. Below for $\pi_h = 0.1$, $G = 8$, $p = 1/2$ at the
+# four (λ0, ε_w) cells of the sensitivity study. (Two curves nearly coincide: λ 1.0 with `negative_only` and λ 0.5
+# without it, both at ε 0.2 — `negative_only` is worth about half of λ, exactly half once the clip saturates.)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+habit_student = torch.tensor([0.35, 0.25, 0.2, 0.1, 0.1], dtype=torch.float64)
+HABIT = 3
+strengths = np.linspace(0.0, 0.6, 61)
+cells = [(0.5, 0.2), (1.0, 0.2), (0.5, 0.5), (1.0, 0.5)]
+colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+habit = {"strength": strengths, "title": f"(d) pull toward the habit (π_h = 0.1, G = 8, p = 0.5)"}
+worst_closed = 0.0
+for (lam0, eps_w), colour in zip(cells, colours):
+    for negative_only, ls in ((False, "-"), (True, "--")):
+        rates = []
+        for h in strengths:
+            t_V = th.habit_teacher(habit_student, HABIT, h)
+            out = th.drift_gradient_factorised(habit_student, t_V, 0.5, 8, lam0, eps_w, negative_only)
+            rates.append(th.habit_rate(out["drift"], habit_student, HABIT))
+            closed = th.habit_rate_closed_form(habit_student, HABIT, h, 0.0 if negative_only else out["m_pos"],
+                                               out["m_neg"], lam0, eps_w)
+            worst_closed = max(worst_closed, abs(rates[-1] - closed))
+        label = f"λ {lam0}, ε {eps_w}" + (", negative_only" if negative_only else "")
+        habit[label] = (np.array(rates), ls, colour)
+m8 = th.advantage_moments(0.5, 8)["pos"]
+pi_h = float(habit_student[HABIT])
+spread = float(((torch.eye(5, dtype=torch.float64)[HABIT] - habit_student) ** 2).sum())  # ‖e_h - π‖²
+print(f"closed form = factorised gradient to 1e-15 at every h and cell: {worst_closed < 1e-15}")
+for (lam0, eps_w) in cells:
+    full, neg = habit[f"λ {lam0}, ε {eps_w}"][0], habit[f"λ {lam0}, ε {eps_w}, negative_only"][0]
+    bound = 4 * lam0 * eps_w * m8 * pi_h**2 * spread
+    print(f"λ {lam0}, ε {eps_w}: rate at h = 0.05 / 0.2 / 0.6: {full[5]:.5f} / {full[20]:.5f} / {full[60]:.5f} "
+          f"(bound 4λεmπ_h²‖e_h-π‖² = {bound:.5f}); negative_only / full at h = 0.05: {neg[5] / full[5]:.2f}, "
+          f"at h = 0.6: {neg[60] / full[60]:.2f}; rate <= bound for all h: {bool((full <= bound + 1e-15).all())}, "
+          f"= bound at h = 0.6 (clip saturated): {abs(full[60] - bound) < 1e-15}")
+print("monotone non-decreasing in h for every cell:", all(np.all(np.diff(v[0]) >= -1e-15)
+                                                        for k, v in habit.items() if k not in ("strength", "title")))
+
+# %% [markdown]
+# **What the two switches do to the drift.** `negative_only` keeps only the failed responses' term: the expected
+# drift becomes $\lambda m\, d_-$ exactly, $d_- = -\frac12\nabla\chi^2(\pi\|P_T)$ inside the clip — the extra term
+# is no longer present for every reward sign, only for $A < 0$. `thought_only` removes the drift from every token
+# outside the thought span exactly and leaves the thought tokens' drift as it was: a habit that lives in the thought
+# (a mention of the reference) is pulled in just the same. Exactly, for the hand case above and a two-position
+# response (a thought token, then an answer token; enumerated over $G = 3$ groups):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+full = th.drift_gradient_factorised(student_V, teacher_V, 0.5, 8, 0.5, 0.2)["drift"]
+neg = th.drift_gradient_factorised(student_V, teacher_V, 0.5, 8, 0.5, 0.2, negative_only=True)["drift"]
+neg_enum = th.drift_gradient_enumerated(theta_V, teacher_V, torch.full((5,), 0.5, dtype=torch.float64), 4, 0.5, 0.2,
+                                        negative_only=True)
+neg_fact4 = th.drift_gradient_factorised(student_V, teacher_V, 0.5, 4, 0.5, 0.2, negative_only=True)["drift"]
+print(f"negative_only: enumerated = λ·m·d- to 1e-15: {float((neg_enum['rlsd'] - neg_fact4).abs().max()) < 1e-15}; "
+      f"GRPO part still 0: {float(neg_enum['grpo_part'].abs().max()) < 1e-15}")
+print(f"negative_only: |drift| / |full drift| = {float(neg.norm() / full.norm()):.3f}, cosine with the full drift "
+      f"{th.cosine(neg, full):.4f}, with -∇KL(π ‖ P_T) {th.cosine(neg, -divergences['reverse_kl']):.4f}")
+thought_case = (torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)),
+                torch.tensor([0.3, 0.3, 0.4], dtype=torch.float64))
+answer_case = (torch.log(torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)),
+               torch.tensor([0.4, 0.3, 0.3], dtype=torch.float64))
+off = th.thought_only_gradients(thought_case, answer_case, 0.5, 3, 0.5, 0.2, thought_only=False)
+on = th.thought_only_gradients(thought_case, answer_case, 0.5, 3, 0.5, 0.2, thought_only=True)
+print(f"thought_only off: |E g| thought {float(off[0].norm()):.5f}, answer {float(off[1].norm()):.5f}")
+print(f"thought_only on:  |E g| thought {float(on[0].norm()):.5f} (unchanged to 1e-15: "
+      f"{float((on[0] - off[0]).abs().max()) < 1e-15}), answer {float(on[1].abs().max()):.0e} (0 to 1e-15: "
+      f"{float(on[1].abs().max()) < 1e-15})")
+
+# %%
+phi_delta = np.linspace(-1.0, 1.0, 401)
+phi_curves = {"delta": phi_delta}
+for eps_w in (0.2, 0.5):
+    phi_curves[f"φ₊ (A > 0), ε {eps_w}"] = th.phi(phi_delta, True, eps_w).numpy()
+    phi_curves[f"φ₋ (A < 0), ε {eps_w}"] = th.phi(phi_delta, False, eps_w).numpy()
+bars = {"grpo": exact["grpo"].numpy(), "rlsd": exact["rlsd"].numpy(), "drift": factorised["drift"].numpy(),
+        "first_order": first_order.numpy(),
+        "title": "(b) exact expected gradient, rewards independent of y\n(V = 5, G = 4, λ 0.5, ε 0.2, p = 0.5)"}
+save(th.plot_hidden_drift(phi_curves, bars, cosines, habit), "01_hidden_drift")
+
+# %% [markdown]
 # ## What this means for RLSD
 #
 # * Matching the answer-conditioned teacher's full distribution (OPSD) carries an irreducible cost $I(Y_t; R \mid x,
@@ -454,6 +722,14 @@ save(th.plot_evidence(examples, r_true), "01_evidence_weights")
 # * RLSD never asks the student to *match* the teacher. It reads one number per sampled token, $w_t$, which in a
 #   Bayes-consistent model is exactly the belief update about the answer (§5), and only lets it rescale — within
 #   $[1-\varepsilon_w, 1+\varepsilon_w]$ — an advantage whose sign the verifier decides.
+#
+# * But RLSD is not only a credit re-weighting. Exactly, $\hat A_t = A + \lambda|A|\varphi(\delta_t)$ with
+#   $\varphi$ of the sign of $\delta_t$ (§6): averaged over a group it is GRPO plus an $|A|$-weighted, clipped pull
+#   toward the answer-conditioned teacher — $-\nabla\mathrm{KL}(\pi\|P_T)$ to first order — that acts even when the
+#   reward carries no information about the response, and pulls in the teacher's habits at a rate set by
+#   $\lambda\varepsilon_w$. `negative_only` keeps only its $\chi^2$ half (about half the size: exactly half once the
+#   clip saturates);
+#   `thought_only` removes it outside the thought span only.
 #
 # The toy models here are exact but tiny; whether a real network's teacher pass is close enough to Bayes-consistent
 # for $w_t$ to behave like a belief update is an empirical question for the later notebooks.

@@ -19,6 +19,10 @@ distillation loss to a teacher (the same network, prompted with privileged infor
     GRPO+OPSD   A                                                 μ · `generalized_jsd`
 
 with A = (R - mean_group R) / (std_group R + 1e-6) and w_t = exp(sign(A)·stopgrad(log P_T(y_t) - log P_S(y_t))).
+RLSD's advantage splits exactly into GRPO's plus a distillation term (`rlsd_drift_decomposition`):
+Â_t = A + λ·|A|·φ_sign(A)(δ_t), φ_+(δ) = clip(e^δ, 1±ε_w) - 1, φ_-(δ) = 1 - clip(e^-δ, 1±ε_w), δ_t = Δ_t;
+two switches of the authors' code restrict where the weights apply (`rlsd_weight_scope`: `negative_only`,
+`thought_mask_BT` for thought_only), and `shuffle_within_rows` gives the shuffled-weights control.
 `kl_decomposition` evaluates the paper's Theorem 1 (E_r KL(P_T(.|r) ‖ P_S) = KL(P̄_T ‖ P_S) + I(Y; R)) on explicit
 discrete distributions.
 
@@ -29,6 +33,16 @@ Where this code departs from the paper (or pins down what the paper leaves open)
   clip(exp(sign(A)·Δ), 1-ε, 1+ε) exactly but cannot overflow. The unclipped weight it also returns (for logging and
   heatmaps only) is computed from an exponent clamped to ±50.
 - `rlsd_token_advantages` returns a constant (fully detached) tensor, and requires 0 <= λ <= 1.
+- `negative_only` (the authors' `rlsd_negative_only`, off by default): the weights apply only to responses with A < 0;
+  the others keep weight 1 (Â_t = A). ms-swift's rule is "A < 0 only", the authors' "rows whose Σ_t A >= 0 keep
+  weight 1"; with one scalar A per response Σ_t A = (number of tokens)·A, so the two rules coincide.
+- `thought_only` (the authors' `rlsd_thought_only`, off by default) is a boolean `thought_mask_BT` the caller passes
+  (e.g. the tokens before the answer tag): the weights apply inside it only, weight 1 elsewhere. None = off.
+- Out of the scope the two switches leave, a token is treated like a masked one or one with A = 0: weight 1 (it is
+  not counted in the clip fractions, and `delta_mean` still averages Δ over all unmasked tokens). With both off the
+  outputs are bit-identical to the code without them (tests/test_algorithm.py).
+- The shuffled-weights control (`shuffle_generator`) permutes each response's clipped weights among that response's
+  in-scope tokens (the same magnitudes, no targeting), one `torch.randperm` per response from the given generator.
 - `policy_loss` clamps the log-ratio to ±20 before exp (as verl does) so a stale or corrupted old_logp cannot make
   inf/NaN; the clip makes this invisible for any ratio within [e^-20, e^20]. `approx_kl` is the k3 estimator.
 - `generalized_jsd`: β = 0 and β = 1 are defined as the two KL directions, KL(P_T ‖ P_S) and KL(P_S ‖ P_T) (the TRL GKD
@@ -147,16 +161,44 @@ def rlsd_lambda(step, lam0=0.5, decay_steps=50):
     return float(lam0) * max(0.0, 1.0 - step / decay_steps)
 
 
-def rlsd_token_weights(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, clip_eps=0.2):
+def rlsd_weight_scope(adv_B, mask_BT, negative_only=False, thought_mask_BT=None):
+    """Where RLSD's evidence weights apply: scope_BT (bool) = unmasked tokens, restricted to responses with A < 0 if
+    `negative_only`, and to tokens with thought_mask_BT != 0 if a thought mask is given (thought_only). Elsewhere the
+    weight is 1, so Â_t = A. With both switches off this is just mask_BT != 0."""
+    scope_BT = mask_BT != 0
+    if negative_only:
+        scope_BT = scope_BT & (adv_B.detach() < 0).unsqueeze(1)
+    if thought_mask_BT is not None:
+        if thought_mask_BT.shape != mask_BT.shape:
+            raise ValueError(f"thought_mask_BT shape {tuple(thought_mask_BT.shape)} does not match mask_BT "
+                             f"{tuple(mask_BT.shape)}")
+        scope_BT = scope_BT & (thought_mask_BT != 0)
+    return scope_BT
+
+
+def shuffle_within_rows(x_BT, where_BT, generator):
+    """Each row's values at its `where_BT` positions, permuted among those positions (torch.randperm per row from
+    `generator`); every other entry unchanged. Each row keeps its multiset of values: same magnitudes, new places."""
+    out_BT = x_BT.clone()
+    for b in range(x_BT.shape[0]):
+        idx_K = where_BT[b].nonzero().squeeze(1)
+        perm_K = torch.randperm(idx_K.numel(), generator=generator).to(idx_K.device)
+        out_BT[b, idx_K] = x_BT[b, idx_K[perm_K]]
+    return out_BT
+
+
+def rlsd_token_weights(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, clip_eps=0.2, negative_only=False,
+                       thought_mask_BT=None):
     """RLSD evidence weights for the sampled tokens.
 
     Δ_t = stopgrad(log P_T(y_t) - log P_S(y_t)),  w_t = exp(sign(A)·Δ_t) = (P_T/P_S)^sign(A) > 0,
     clipped_w_t = clip(w_t, 1-ε, 1+ε), computed as exp(clamp(sign(A)·Δ_t, log(1-ε), log(1+ε))) — equal, never inf.
 
-    Returns (w_BT, clipped_w_BT, stats). Both weights are 1 (neutral) on masked positions and where A = 0. w_BT is for
-    logging/heatmaps; its exponent is clamped to ±50 so it stays finite. stats (python floats):
+    Returns (w_BT, clipped_w_BT, stats). Both weights are 1 (neutral) on masked positions, where A = 0 and outside
+    the scope of the switches (`rlsd_weight_scope`: negative_only, thought_mask_BT). w_BT is for logging/heatmaps;
+    its exponent is clamped to ±50 so it stays finite. stats (python floats):
       delta_mean             masked mean of Δ over all unmasked tokens
-      weight_mean            mean of w over unmasked tokens of responses with A != 0 ("active" tokens)
+      weight_mean            mean of w over in-scope tokens of responses with A != 0 ("active" tokens)
       weight_clip_low_frac   fraction of active tokens with w < 1-ε
       weight_clip_high_frac  fraction of active tokens with w > 1+ε
     """
@@ -171,14 +213,15 @@ def rlsd_token_weights(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, clip_ep
         raise ValueError(f"adv_B shape {tuple(adv_B.shape)} does not match batch size {teacher_logp_BT.shape[0]}")
 
     valid_BT = mask_BT != 0
+    scope_BT = rlsd_weight_scope(adv_B, mask_BT, negative_only, thought_mask_BT)  # == valid_BT with switches off
     delta_BT = (teacher_logp_BT - student_logp_BT).detach()
     delta_BT = torch.where(valid_BT, delta_BT, torch.zeros_like(delta_BT))  # padding may hold -inf
     sign_B1 = torch.sign(adv_B.detach()).to(delta_BT.dtype).unsqueeze(1)
-    expo_BT = sign_B1 * delta_BT  # 0 where A = 0 or masked -> weight 1
+    expo_BT = sign_B1 * torch.where(scope_BT, delta_BT, torch.zeros_like(delta_BT))  # 0 -> weight 1
     w_BT = expo_BT.clamp(-50.0, 50.0).exp()
     clipped_w_BT = expo_BT.clamp(math.log(1.0 - clip_eps), math.log(1.0 + clip_eps)).exp()
 
-    active_BT = valid_BT & (sign_B1 != 0)
+    active_BT = scope_BT & (sign_B1 != 0)
     low_BT = active_BT & (expo_BT < math.log(1.0 - clip_eps))
     high_BT = active_BT & (expo_BT > math.log(1.0 + clip_eps))
     n_active = max(int(active_BT.sum()), 1)
@@ -191,20 +234,69 @@ def rlsd_token_weights(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, clip_ep
     return w_BT, clipped_w_BT, stats
 
 
-def rlsd_token_advantages(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, lam, clip_eps=0.2):
+def rlsd_token_advantages(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, lam, clip_eps=0.2, negative_only=False,
+                          thought_mask_BT=None, shuffle_generator=None):
     """Â_t = A · ((1-λ) + λ·clip(w_t, 1-ε, 1+ε)), 0 on masked positions (see `rlsd_token_weights` for w_t).
 
     Since the clipped weight is positive and 0 <= λ <= 1, sign(Â_t) = sign(A) and
     |A|·(1-λε) <= |Â_t| <= |A|·(1+λε): the reward decides the direction, the teacher only redistributes magnitude.
     λ = 0 is GRPO exactly; A = 0 gives 0. The result is detached (an advantage is a constant of the surrogate).
+    negative_only / thought_mask_BT: the weights apply only in `rlsd_weight_scope` (weight 1 elsewhere).
+    shuffle_generator (a torch.Generator; None = off): the shuffled-weights control, each response's clipped weights
+    permuted among its in-scope tokens (`shuffle_within_rows`).
     Departure: λ outside [0, 1] raises ValueError (the paper only uses λ in [0, 0.5]).
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam must be in [0, 1], got {lam}")
-    _, clipped_w_BT, _ = rlsd_token_weights(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, clip_eps)
+    _, clipped_w_BT, _ = rlsd_token_weights(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, clip_eps, negative_only,
+                                            thought_mask_BT)
+    if shuffle_generator is not None:
+        scope_BT = rlsd_weight_scope(adv_B, mask_BT, negative_only, thought_mask_BT)
+        clipped_w_BT = shuffle_within_rows(clipped_w_BT, scope_BT, shuffle_generator)
     adv_B1 = adv_B.detach().to(clipped_w_BT.dtype).unsqueeze(1)
     adv_BT = adv_B1 * ((1.0 - lam) + lam * clipped_w_BT)
     return torch.where(mask_BT != 0, adv_BT, torch.zeros_like(adv_BT))
+
+
+def rlsd_phi(delta_X, positive, clip_eps=0.2):
+    """φ_+(δ) = clip(e^δ, 1-ε, 1+ε) - 1 (positive=True, for A > 0), φ_-(δ) = 1 - clip(e^-δ, 1-ε, 1+ε) (for A < 0).
+
+    Both are non-decreasing in δ, have the sign of δ (1 lies inside the clip range) and |φ| <= ε. Computed through
+    a clamped exponent, like `rlsd_token_weights`, so they never overflow.
+    """
+    lo, hi = math.log(1.0 - clip_eps), math.log(1.0 + clip_eps)
+    if positive:
+        return delta_X.clamp(lo, hi).exp() - 1.0
+    return 1.0 - (-delta_X).clamp(lo, hi).exp()
+
+
+def rlsd_drift_decomposition(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, lam, clip_eps=0.2,
+                             negative_only=False, thought_mask_BT=None, shuffle_generator=None):
+    """RLSD's token advantage split exactly into GRPO's and a distillation ("drift") term: returns (grpo_BT, drift_BT)
+    with grpo_BT + drift_BT = `rlsd_token_advantages(...)` (same arguments; equal up to float rounding), where
+
+        grpo_BT  = A                                   (on unmasked tokens, 0 elsewhere)
+        drift_BT = λ·|A|·φ_sign(A)(δ_t)                 (in `rlsd_weight_scope`, 0 elsewhere),  δ_t = stopgrad(Δ_t).
+
+    Proof. Let c_t = clip(e^{sign(A)δ_t}, 1-ε, 1+ε). Then Â_t = A((1-λ) + λc_t) = A + λA(c_t - 1).
+    If A > 0: λA(c_t - 1) = λ|A|(clip(e^δ_t) - 1) = λ|A|φ_+(δ_t). If A < 0: λA(c_t - 1) = λ|A|(1 - clip(e^-δ_t)) =
+    λ|A|φ_-(δ_t). If A = 0 both sides are 0. Outside the scope c_t = 1 and the term is 0.  ∎
+    Since φ has the sign of δ_t (`rlsd_phi`), the drift term has the sign of δ_t whatever the reward, and
+    |drift| <= λ|A|ε. With shuffle_generator, φ is permuted within each response as `rlsd_token_advantages` permutes
+    the weights (a generator in the same state gives the same permutation). Both outputs are detached.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    valid_BT = mask_BT != 0
+    scope_BT = rlsd_weight_scope(adv_B, mask_BT, negative_only, thought_mask_BT)
+    adv_B1 = adv_B.detach().to(teacher_logp_BT.dtype).unsqueeze(1)
+    delta_BT = torch.where(scope_BT, (teacher_logp_BT - student_logp_BT).detach(), torch.zeros_like(teacher_logp_BT))
+    phi_BT = torch.where(adv_B1 > 0, rlsd_phi(delta_BT, True, clip_eps), rlsd_phi(delta_BT, False, clip_eps))
+    if shuffle_generator is not None:
+        phi_BT = shuffle_within_rows(phi_BT, scope_BT, shuffle_generator)
+    grpo_BT = torch.where(valid_BT, adv_B1.expand_as(delta_BT), torch.zeros_like(delta_BT))
+    drift_BT = torch.where(scope_BT, lam * adv_B1.abs() * phi_BT, torch.zeros_like(delta_BT))
+    return grpo_BT, drift_BT
 
 
 # ----------------------------------------------------------------------------------------------------------------------

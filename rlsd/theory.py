@@ -30,6 +30,19 @@ Four results, each with functions that compute both sides of the identity:
    `evidence_weights` computes the left side from the conditionals, `belief_trajectory` the right side by summing the
    enumerated joint over completions: two independent routes to the same numbers.
 
+5. RLSD's hidden distillation term. Exactly, with the clip (`rlsd.algorithm.rlsd_drift_decomposition`),
+       Â_t = A·((1-λ) + λ·clip(e^{sign(A)δ_t}, 1±ε)) = A + λ|A|·φ_sign(A)(δ_t),
+   φ_+(δ) = clip(e^δ, 1±ε) - 1, φ_-(δ) = 1 - clip(e^-δ, 1±ε), both with the sign of δ and |φ| <= ε. For one-token
+   responses y ~ π = softmax(θ) and rewards independent of the response, the expected gradient of the group surrogate
+   (1/G)Σ_i Â_i log π(y_i) w.r.t. the logits θ is exactly
+       E g = 0 (GRPO part) + λ·(m_+·d_+ + m_-·d_-),   d_s = E_{y~π}[φ_s(δ(y))·(e_y - π)],  m_± = E[A_i^±],
+   with m_+ = m_- because every group's advantages sum to 0 (`drift_gradient_factorised`). Inside the clip d_+ is
+   exactly P_T - π = -∇_θ KL(P_T ‖ π) and d_- exactly -½∇_θ χ²(π ‖ P_T); both are -∇_θ KL(π ‖ P_T) to first order
+   in δ. `drift_gradient_enumerated` computes the same expectation by enumerating every response and reward tuple
+   through rlsd.algorithm's own functions and autograd (rewards may depend on the response there: then GRPO's part is
+   not 0). `habit_rate` measures the pull toward a teacher's habit token; `thought_only_gradients` the effect of
+   `thought_only` on a two-position response.
+
 Figures: `plot_*` take results and return a matplotlib Figure (not attached to pyplot); `save_figure` writes
 figures/<name>.png and .pdf at the repository root.
 """
@@ -42,7 +55,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlsd.algorithm import generalized_jsd, kl_decomposition
+from rlsd.algorithm import (
+    generalized_jsd,
+    group_advantages,
+    kl_decomposition,
+    rlsd_drift_decomposition,
+    rlsd_phi,
+    rlsd_token_advantages,
+)
 from rlsd.plots import FIGURES_DIR, save_figure  # noqa: F401  (re-exported for notebook 01)
 
 DTYPE = torch.float64
@@ -523,6 +543,206 @@ def posterior_ratio(model, y_T, r):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 5. RLSD's hidden distillation term
+
+
+def phi(delta_X, positive, clip_eps):
+    """φ_+ (positive=True) or φ_- of `rlsd.algorithm.rlsd_phi`; clip_eps=None gives the clipless versions e^δ - 1 and
+    1 - e^-δ (what φ is inside the clip, and a wrong definition wherever the clip is active)."""
+    delta_X = _t(delta_X)
+    if clip_eps is None:
+        return delta_X.exp() - 1.0 if positive else 1.0 - (-delta_X).exp()
+    return rlsd_phi(delta_X, positive, clip_eps)
+
+
+def advantage_moments(success_prob, group_size):
+    """Exact moments of one response's group advantage A_i, rewards R_i ~ Bernoulli(success_prob) i.i.d., by
+    enumerating all 2^G reward tuples through `rlsd.algorithm.group_advantages` (float64). Returns python floats:
+    mean = E[A_i] (0: every group's advantages sum to 0), pos = E[max(A_i, 0)], neg = E[max(-A_i, 0)] (pos = neg),
+    p_mixed = P(the group has both rewards: A != 0)."""
+    tuples_NG = torch.tensor(list(itertools.product((0.0, 1.0), repeat=group_size)), dtype=DTYPE)
+    prob_N = (success_prob ** tuples_NG * (1.0 - success_prob) ** (1.0 - tuples_NG)).prod(1)
+    adv_NG = group_advantages(tuples_NG.reshape(-1), group_size).view(-1, group_size)
+    mixed_N = (tuples_NG.sum(1) > 0) & (tuples_NG.sum(1) < group_size)
+    return {
+        "mean": float(prob_N @ adv_NG.mean(1)),
+        "pos": float(prob_N @ adv_NG.clamp(min=0).mean(1)),
+        "neg": float(prob_N @ (-adv_NG).clamp(min=0).mean(1)),
+        "p_mixed": float(prob_N[mixed_N].sum()),
+    }
+
+
+def log_ratio(student_V, teacher_V):
+    """δ(v) = log P_T(v) - log π(v) for every token (what RLSD's Δ_t is for a sampled token v)."""
+    return torch.log(_t(teacher_V)) - torch.log(_t(student_V))
+
+
+def drift_direction(student_V, teacher_V, clip_eps, positive):
+    """d_s = E_{y~π}[φ_s(δ(y))·∇_θ log π(y)] = Σ_y π(y)·φ_s(δ(y))·(e_y - π) for free logits θ (closed form)."""
+    student_V = _t(student_V)
+    weighted_V = student_V * phi(log_ratio(student_V, teacher_V), positive, clip_eps)
+    return weighted_V - weighted_V.sum() * student_V
+
+
+def drift_gradient_factorised(student_V, teacher_V, success_prob, group_size, lam, clip_eps, negative_only=False):
+    """E g of one group (rewards independent of the response), from the factorisation
+    E g = λ·(m_+·d_+ + m_-·d_-)  (m_+ term dropped with negative_only); the GRPO part is exactly 0.
+    Returns a dict of float64 tensors over V: grpo (zeros), drift, and python floats m_pos, m_neg."""
+    moments = advantage_moments(success_prob, group_size)
+    drift_V = lam * moments["neg"] * drift_direction(student_V, teacher_V, clip_eps, positive=False)
+    if not negative_only:
+        drift_V = drift_V + lam * moments["pos"] * drift_direction(student_V, teacher_V, clip_eps, positive=True)
+    return {"grpo": torch.zeros_like(drift_V), "drift": drift_V, "m_pos": moments["pos"], "m_neg": moments["neg"]}
+
+
+def _enumerated_groups(student_V, success_prob_V, group_size):
+    """Every (responses, rewards) tuple of one group with its probability: tokens_NG, rewards_NG, prob_N."""
+    vocab = student_V.shape[0]
+    ys_YG = torch.tensor(list(itertools.product(range(vocab), repeat=group_size)), dtype=torch.long)
+    rs_QG = torch.tensor(list(itertools.product((0.0, 1.0), repeat=group_size)), dtype=DTYPE)
+    tokens_NG = ys_YG.repeat_interleave(rs_QG.shape[0], dim=0)
+    rewards_NG = rs_QG.repeat(ys_YG.shape[0], 1)
+    q_NG = success_prob_V[tokens_NG]
+    prob_N = (student_V[tokens_NG] * (q_NG ** rewards_NG) * ((1.0 - q_NG) ** (1.0 - rewards_NG))).prod(1)
+    return tokens_NG, rewards_NG, prob_N
+
+
+def drift_gradient_enumerated(student_logits_V, teacher_V, success_prob_V, group_size, lam, clip_eps,
+                              negative_only=False):
+    """The exact expected gradient of one group's on-policy surrogate (1/G)·Σ_i Â_i·log π(y_i) w.r.t. the student's
+    logits, by enumeration: all V^G response tuples × 2^G reward tuples, R_i ~ Bernoulli(success_prob_V[y_i]) (a
+    constant vector = rewards independent of the response). Â comes from `rlsd.algorithm` (group_advantages,
+    rlsd_token_advantages, rlsd_drift_decomposition), the gradient from autograd: no formula of this section is used.
+    (At ratio 1 the PPO surrogate's gradient is this one; one-token responses make the token-mean a mean over G.)
+
+    Returns float64 tensors over V: grpo (λ = 0), rlsd, and the parts grpo_part / drift_part of rlsd's gradient (the
+    gradients of the surrogate with Â replaced by each term of `rlsd_drift_decomposition`).
+    """
+    theta_V = _t(student_logits_V).clone().requires_grad_(True)
+    logp_V = F.log_softmax(theta_V, dim=-1)
+    student_V = logp_V.detach().exp()
+    tokens_NG, rewards_NG, prob_N = _enumerated_groups(student_V, _t(success_prob_V), group_size)
+    rows = tokens_NG.reshape(-1, 1)  # one response per row, T = 1
+    adv_B = group_advantages(rewards_NG.reshape(-1), group_size)
+    teacher_logp_B1 = torch.log(_t(teacher_V))[rows]
+    student_logp_B1 = logp_V.detach()[rows]
+    mask_B1 = torch.ones_like(teacher_logp_B1)
+    weight_B = (prob_N / group_size).repeat_interleave(group_size)  # P(tuple) · 1/G per response
+    logp_B = logp_V[rows.squeeze(1)]
+
+    def expected_grad(adv_hat_B1):
+        (grad_V,) = torch.autograd.grad((weight_B * adv_hat_B1.squeeze(1) * logp_B).sum(), theta_V,
+                                        retain_graph=True)
+        return grad_V
+
+    args = (adv_B, teacher_logp_B1, student_logp_B1, mask_B1)
+    grpo_part, drift_part = rlsd_drift_decomposition(*args, lam, clip_eps, negative_only=negative_only)
+    return {
+        "grpo": expected_grad(rlsd_token_advantages(*args, 0.0, clip_eps)),
+        "rlsd": expected_grad(rlsd_token_advantages(*args, lam, clip_eps, negative_only=negative_only)),
+        "grpo_part": expected_grad(grpo_part),
+        "drift_part": expected_grad(drift_part),
+    }
+
+
+def divergence_gradients(student_logits_V, teacher_V):
+    """Gradients w.r.t. the student's logits, by autograd, of KL(π ‖ P_T) (reverse), KL(P_T ‖ π) (forward) and
+    χ²(π ‖ P_T) = Σ_v π(v)²/P_T(v) - 1. Returns a dict of float64 tensors over V."""
+    teacher_V = _t(teacher_V)
+    out = {}
+    for name, fn in (
+        ("reverse_kl", lambda p: (p * (torch.log(p) - torch.log(teacher_V))).sum()),
+        ("forward_kl", lambda p: (teacher_V * (torch.log(teacher_V) - torch.log(p))).sum()),
+        ("chi2", lambda p: (p**2 / teacher_V).sum() - 1.0),
+    ):
+        theta_V = _t(student_logits_V).clone().requires_grad_(True)
+        (out[name],) = torch.autograd.grad(fn(torch.softmax(theta_V, -1)), theta_V)
+    return out
+
+
+def cosine(a, b):
+    """Cosine similarity of two vectors (python float)."""
+    a, b = _t(a).reshape(-1), _t(b).reshape(-1)
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def monte_carlo_group_gradient(student_logits_V, teacher_V, success_prob, group_size, lam, clip_eps, num_groups,
+                               seed=0, negative_only=False):
+    """The same expectation estimated from `num_groups` sampled groups (responses y ~ π, rewards Bernoulli, independent
+    of y), through rlsd.algorithm: per group (1/G)·Σ_i Â_i·(e_{y_i} - π). Returns (mean_V, standard_error_V)."""
+    generator = torch.Generator().manual_seed(seed)
+    student_V = torch.softmax(_t(student_logits_V), -1)
+    tokens_B = torch.multinomial(student_V, num_groups * group_size, replacement=True, generator=generator)
+    rewards_B = (torch.rand(num_groups * group_size, generator=generator, dtype=DTYPE) < success_prob).to(DTYPE)
+    adv_B = group_advantages(rewards_B, group_size)
+    rows = tokens_B.unsqueeze(1)
+    adv_hat_B = rlsd_token_advantages(adv_B, torch.log(_t(teacher_V))[rows], torch.log(student_V)[rows],
+                                      torch.ones(rows.shape, dtype=DTYPE), lam, clip_eps,
+                                      negative_only=negative_only).squeeze(1)
+    per_response_BV = adv_hat_B.unsqueeze(1) * (F.one_hot(tokens_B, student_V.shape[0]).to(DTYPE) - student_V)
+    per_group_MV = per_response_BV.view(num_groups, group_size, -1).mean(1)
+    return per_group_MV.mean(0), per_group_MV.std(0) / math.sqrt(num_groups)
+
+
+def habit_teacher(student_V, habit, strength):
+    """A teacher that is the student plus a habit: P_T = (1-h)·π + h·e_habit (e.g. "the reference says ..." openers)."""
+    student_V = _t(student_V)
+    return (1.0 - strength) * student_V + strength * F.one_hot(torch.tensor(habit), student_V.shape[0]).to(DTYPE)
+
+
+def habit_rate(grad_V, student_V, habit):
+    """dπ(habit)/dη when the logits move along grad_V with step η: π_h·(g_h - Σ_v π_v g_v) (first order in η)."""
+    student_V, grad_V = _t(student_V), _t(grad_V)
+    return float(student_V[habit] * (grad_V[habit] - student_V @ grad_V))
+
+
+def habit_rate_closed_form(student_V, habit, strength, m_pos, m_neg, lam, clip_eps):
+    """The habit rate of `drift_gradient_factorised` for `habit_teacher`, in closed form. δ takes two values, a on the
+    habit token and c < 0 on every other one, so d_s = π_h·(φ_s(a) - φ_s(c))·(e_h - π) and
+        rate = λ·π_h²·‖e_h - π‖²·[m_+·(φ_+(a) - φ_+(c)) + m_-·(φ_-(a) - φ_-(c))]  <=  4·λ·ε·m·π_h²·‖e_h - π‖²,
+    the bound reached once all four φ values saturate. Pass m_pos = 0 for negative_only."""
+    student_V = _t(student_V)
+    pi_h = float(student_V[habit])
+    spread = float(((F.one_hot(torch.tensor(habit), student_V.shape[0]).to(DTYPE) - student_V) ** 2).sum())
+    a = math.log(1.0 - strength + strength / pi_h)
+    c = math.log(1.0 - strength)
+    gap = sum(m * float(phi(_t(a), s, clip_eps) - phi(_t(c), s, clip_eps))
+              for m, s in ((m_pos, True), (m_neg, False)))
+    return lam * pi_h**2 * spread * gap
+
+
+def thought_only_gradients(thought, answer, success_prob, group_size, lam, clip_eps, thought_only):
+    """Two-position responses (y_0 = a thought token, y_1 = an answer token), drawn independently from the student's
+    free-logit distributions at each position; thought/answer = (student_logits_V, teacher_V) per position; rewards
+    Bernoulli(success_prob) independent of the response. Exact expected gradient of the token-mean surrogate
+    (1/(2G))·Σ_i Σ_t Â_it·log π_t(y_it) w.r.t. both positions' logits, by enumeration through
+    `rlsd_token_advantages` with thought_mask_BT = position 0 if thought_only. Returns (grad_thought_V, grad_answer_V).
+    """
+    thetas = [_t(thought[0]).clone().requires_grad_(True), _t(answer[0]).clone().requires_grad_(True)]
+    logps = [F.log_softmax(theta, -1) for theta in thetas]
+    students = [lp.detach().exp() for lp in logps]
+    vocab = students[0].shape[0]
+    # a response is one token of a joint vocabulary vocab², so `_enumerated_groups` enumerates the pairs
+    joint_V = (students[0].unsqueeze(1) * students[1].unsqueeze(0)).reshape(-1)
+    tokens_NG, rewards_NG, prob_N = _enumerated_groups(joint_V, torch.full((vocab**2,), float(success_prob),
+                                                                           dtype=DTYPE), group_size)
+    pairs_B2 = torch.stack([tokens_NG.reshape(-1) // vocab, tokens_NG.reshape(-1) % vocab], dim=1)
+    adv_B = group_advantages(rewards_NG.reshape(-1), group_size)
+    teacher_logp_B2 = torch.stack([torch.log(_t(thought[1]))[pairs_B2[:, 0]],
+                                   torch.log(_t(answer[1]))[pairs_B2[:, 1]]], 1)
+    student_logp_B2 = torch.stack([logps[0].detach()[pairs_B2[:, 0]], logps[1].detach()[pairs_B2[:, 1]]], 1)
+    mask_B2 = torch.ones_like(teacher_logp_B2)
+    thought_mask_B2 = torch.tensor([[True, False]]).expand(pairs_B2.shape[0], 2) if thought_only else None
+    adv_hat_B2 = rlsd_token_advantages(adv_B, teacher_logp_B2, student_logp_B2, mask_B2, lam, clip_eps,
+                                       thought_mask_BT=thought_mask_B2)
+    weight_B = (prob_N / (2 * group_size)).repeat_interleave(group_size)
+    surrogate = (weight_B * (adv_hat_B2[:, 0] * logps[0][pairs_B2[:, 0]]
+                             + adv_hat_B2[:, 1] * logps[1][pairs_B2[:, 1]])).sum()
+    grad_thought_V, grad_answer_V = torch.autograd.grad(surrogate, thetas)
+    return grad_thought_V, grad_answer_V
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Figures
 
 
@@ -693,4 +913,67 @@ def plot_evidence(examples, r):
     ax_b.set_ylim(0, 1)
     ax_b.set_title("the belief in r along the response")
     ax_b.legend(fontsize=7)
+    return fig
+
+
+def plot_hidden_drift(phi_curves, bars, cosines, habit):  # noqa: C901 (four panels, one after another)
+    """§6: RLSD's hidden distillation term, four panels.
+
+    phi_curves: dict with delta (A,) and label -> φ values (A,). bars: dict with tokens, grpo, rlsd (enumerated),
+    drift (factorised), first_order (2λm·(-∇KL(π ‖ P_T))) over V and a title. cosines: dict label -> (kl_N, cos_N).
+    habit: dict with strength (H,), an optional title, and label -> (rate_H, linestyle, colour).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.0, 7.4), layout="constrained")
+    (ax_phi, ax_bars), (ax_cos, ax_habit) = fig.subplots(2, 2)
+    delta = phi_curves["delta"]
+    ax_phi.plot(delta, delta, color="gray", ls=":", lw=1.2, label="δ (first order)")
+    for (label, values), color, ls in zip([kv for kv in phi_curves.items() if kv[0] != "delta"],
+                                          ["tab:red", "tab:blue", "salmon", "lightskyblue"], ["-", "--", "-", "--"]):
+        ax_phi.plot(delta, values, color=color, ls=ls, lw=1.6, label=label)
+    ax_phi.axhline(0, color="black", lw=0.5)
+    ax_phi.axvline(0, color="black", lw=0.5)
+    ax_phi.set_xlabel("δ = log P_T(y_t) − log π(y_t)   (nats)")
+    ax_phi.set_ylabel("φ(δ) = (Â_t − A) / (λ|A|)")
+    ax_phi.set_title("(a) Â_t = A + λ|A|·φ(δ_t): the extra term has the sign of δ, |φ| ≤ ε", fontsize=9)
+    ax_phi.legend(fontsize=7, loc="upper left")
+    ax_phi.set_ylim(-1.05, 1.05)
+
+    tokens = np.arange(len(bars["rlsd"]))
+    width = 0.38
+    ax_bars.scatter(tokens - width / 2, bars["grpo"], color="tab:blue", marker="o", s=22, zorder=3,
+                    label="GRPO (enumerated): exactly 0")
+    ax_bars.bar(tokens + width / 2, bars["rlsd"], width, color="tab:red", alpha=0.7, label="RLSD (enumerated)")
+    ax_bars.scatter(tokens + width / 2, bars["drift"], color="black", marker="_", s=300, zorder=3,
+                    label="λ(m₊d₊ + m₋d₋) (Proposition 3)")
+    ax_bars.scatter(tokens + width / 2, bars["first_order"], color="tab:green", marker="x", s=30, zorder=3,
+                    label="2λm·(−∇KL(π ‖ P_T)) (first order, no clip)")
+    ax_bars.axhline(0, color="black", lw=0.5)
+    ax_bars.set_xticks(tokens, [f"v={v}" for v in tokens])
+    ax_bars.set_xlabel("token v (one-token responses)")
+    ax_bars.set_ylabel("E[∂ surrogate / ∂θ_v] per group")
+    ax_bars.set_title(bars["title"], fontsize=9)
+    ax_bars.legend(fontsize=7)
+
+    markers = ["o", "s", "^", "v"]
+    colours = ["tab:red", "tab:purple", "tab:orange", "tab:brown"]
+    for (label, (kl_N, cos_N)), marker, colour in zip(cosines.items(), markers, colours):
+        ax_cos.scatter(kl_N, cos_N, s=10, marker=marker, color=colour, alpha=0.7, label=label)
+    ax_cos.set_xscale("log")
+    ax_cos.axhline(1.0, color="gray", ls=":", lw=1)
+    ax_cos.set_xlabel("KL(π ‖ P_T) of the case (nats)")
+    ax_cos.set_ylabel("cosine(E drift, −∇KL(π ‖ P_T))")
+    ax_cos.set_title("(c) direction of the exact drift (random cases, V = 5)", fontsize=9)
+    ax_cos.legend(fontsize=7, loc="lower left")
+
+    strength = habit["strength"]
+    for label, (rate_H, ls, colour) in [kv for kv in habit.items() if kv[0] not in ("strength", "title")]:
+        ax_habit.plot(strength, rate_H, ls=ls, color=colour, lw=1.5, label=label)
+    ax_habit.set_xlabel("teacher's habit h:  P_T = (1 − h)·π + h·e_habit")
+    ax_habit.set_ylabel("dπ(habit)/dη per group  (η: logit step)")
+    ax_habit.set_title(habit.get("title", "(d) pull toward the teacher's habit"), fontsize=9)
+    top = max(np.max(v[0]) for k, v in habit.items() if k not in ("strength", "title"))
+    ax_habit.set_ylim(0, 1.45 * top)  # room for the legend above the curves
+    ax_habit.legend(fontsize=7, ncol=2, loc="upper left")
     return fig

@@ -17,9 +17,13 @@ from rlsd.algorithm import (
     kl_decomposition,
     masked_mean,
     policy_loss,
+    rlsd_drift_decomposition,
     rlsd_lambda,
+    rlsd_phi,
     rlsd_token_advantages,
     rlsd_token_weights,
+    rlsd_weight_scope,
+    shuffle_within_rows,
     token_entropy,
     topk_tail_divergence,
 )
@@ -262,6 +266,169 @@ def test_rlsd_rejects_bad_lambda():
     adv, teacher, student, mask = rlsd_case(1)
     with pytest.raises(ValueError):
         rlsd_token_advantages(adv, teacher, student, mask, 1.5)
+
+
+def _pre_switch_advantages(adv_B, teacher_logp_BT, student_logp_BT, mask_BT, lam, clip_eps):
+    """The RLSD weights and advantages exactly as computed before the switches existed (frozen copy, float ops in the
+    same order), so 'off' can be checked bit for bit."""
+    valid_BT = mask_BT != 0
+    delta_BT = (teacher_logp_BT - student_logp_BT).detach()
+    delta_BT = torch.where(valid_BT, delta_BT, torch.zeros_like(delta_BT))
+    sign_B1 = torch.sign(adv_B.detach()).to(delta_BT.dtype).unsqueeze(1)
+    expo_BT = sign_B1 * delta_BT
+    w_BT = expo_BT.clamp(-50.0, 50.0).exp()
+    clipped_w_BT = expo_BT.clamp(math.log(1.0 - clip_eps), math.log(1.0 + clip_eps)).exp()
+    adv_BT = adv_B.detach().to(clipped_w_BT.dtype).unsqueeze(1) * ((1.0 - lam) + lam * clipped_w_BT)
+    return w_BT, clipped_w_BT, torch.where(mask_BT != 0, adv_BT, torch.zeros_like(adv_BT))
+
+
+@FAST
+@given(seeds, st.floats(0, 1), st.floats(0, 0.9), st.floats(0.01, 30), st.sampled_from([torch.float32, torch.float64]))
+def test_rlsd_switches_off_are_bit_identical_to_before(seed, lam, eps, scale, dtype):
+    adv, teacher, student, mask = (x.to(dtype) for x in rlsd_case(seed, scale=scale))
+    adv[0] = 0.0  # an A = 0 response too
+    w_ref, cw_ref, adv_ref = _pre_switch_advantages(adv, teacher, student, mask, lam, eps)
+    for kwargs in ({}, {"negative_only": False, "thought_mask_BT": None}):
+        w, cw, _ = rlsd_token_weights(adv, teacher, student, mask, eps, **kwargs)
+        assert torch.equal(w, w_ref) and torch.equal(cw, cw_ref)
+        assert torch.equal(rlsd_token_advantages(adv, teacher, student, mask, lam, eps, **kwargs), adv_ref)
+    assert torch.equal(rlsd_weight_scope(adv, mask), mask != 0)
+    # a thought mask covering every token is also "off"
+    everywhere = torch.ones_like(mask, dtype=torch.bool)
+    assert torch.equal(rlsd_token_advantages(adv, teacher, student, mask, lam, eps, thought_mask_BT=everywhere),
+                       adv_ref)
+
+
+def _switch_hand_case():
+    # response 0: A = +2, response 1: A = -1, response 2: A = -0.5 with its last token masked; δ = ±1 or ±0.1
+    adv = torch.tensor([2.0, -1.0, -0.5], dtype=torch.float64)
+    delta = torch.tensor([[1.0, -0.1, 0.1], [1.0, -0.1, 0.1], [-1.0, 0.1, 7.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0]])
+    thought = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 1]], dtype=torch.bool)  # e.g. tokens before <answer>
+    return adv, delta, torch.zeros_like(delta), mask, thought
+
+
+def test_rlsd_negative_only_hand_case():
+    adv, teacher, student, mask, _ = _switch_hand_case()
+    lam, eps = 0.5, 0.2
+    got = rlsd_token_advantages(adv, teacher, student, mask, lam, eps, negative_only=True)
+    e = math.exp
+    want = torch.tensor([
+        [2.0, 2.0, 2.0],  # A > 0: weight 1 everywhere, Â = A
+        [-1 * (0.5 + 0.5 * 0.8), -1 * (0.5 + 0.5 * e(0.1)), -1 * (0.5 + 0.5 * e(-0.1))],  # w = e^{-δ}, clipped
+        [-0.5 * (0.5 + 0.5 * 1.2), -0.5 * (0.5 + 0.5 * e(-0.1)), 0.0],
+    ], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    w, cw, stats = rlsd_token_weights(adv, teacher, student, mask, eps, negative_only=True)
+    assert (w[0] == 1).all() and (cw[0] == 1).all()
+    assert stats["weight_clip_low_frac"] == pytest.approx(1 / 5)
+    assert stats["weight_clip_high_frac"] == pytest.approx(1 / 5)
+    # without the switch response 0 is reweighted (a check that catches a switch that does nothing)
+    off = rlsd_token_advantages(adv, teacher, student, mask, lam, eps)
+    assert off[0, 0] == pytest.approx(2 * (0.5 + 0.5 * 1.2)) and torch.equal(off[1:], got[1:])
+
+
+def test_rlsd_thought_only_hand_case():
+    adv, teacher, student, mask, thought = _switch_hand_case()
+    lam, eps = 0.5, 0.2
+    got = rlsd_token_advantages(adv, teacher, student, mask, lam, eps, thought_mask_BT=thought)
+    e = math.exp
+    want = torch.tensor([
+        [2 * (0.5 + 0.5 * 1.2), 2 * (0.5 + 0.5 * e(-0.1)), 2.0],
+        [-1 * (0.5 + 0.5 * 0.8), -1.0, -1.0],
+        [-0.5, -0.5 * (0.5 + 0.5 * e(-0.1)), 0.0],  # the thought mask never un-masks padding
+    ], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    both = rlsd_token_advantages(adv, teacher, student, mask, lam, eps, negative_only=True, thought_mask_BT=thought)
+    assert torch.equal(both[0], torch.full((3,), 2.0, dtype=torch.float64)) and torch.equal(both[1:], got[1:])
+    _, _, stats = rlsd_token_weights(adv, teacher, student, mask, eps, thought_mask_BT=thought)
+    assert stats["weight_clip_high_frac"] == pytest.approx(1 / 4)
+    assert stats["weight_clip_low_frac"] == pytest.approx(1 / 4)
+    assert stats["delta_mean"] == pytest.approx(float(teacher[mask != 0].mean()))  # Δ still over all tokens
+    with pytest.raises(ValueError, match="thought_mask_BT"):
+        rlsd_token_advantages(adv, teacher, student, mask, lam, eps, thought_mask_BT=thought[:, :2])
+
+
+def test_shuffle_within_rows_keeps_each_rows_multiset_and_moves_it():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 9, generator=g, dtype=torch.float64)
+    where = torch.rand(6, 9, generator=g) > 0.3
+    where[0] = False  # an empty row stays as it is
+    out = shuffle_within_rows(x, where, torch.Generator().manual_seed(1))
+    assert torch.equal(out[~where], x[~where])
+    moved = 0
+    for b in range(6):
+        assert torch.equal(torch.sort(out[b, where[b]]).values, torch.sort(x[b, where[b]]).values)
+        moved += int(not torch.equal(out[b, where[b]], x[b, where[b]]))
+    assert moved >= 4  # 5 non-empty rows of distinct values: an identity "shuffle" fails here
+    same = shuffle_within_rows(x, where, torch.Generator().manual_seed(1))
+    assert torch.equal(out, same)  # the generator decides, nothing else
+
+
+def test_rlsd_shuffled_weights_control():
+    adv, teacher, student, mask = rlsd_case(3, B=4, T=12, scale=0.3)
+    lam, eps = 0.5, 0.5
+    plain = rlsd_token_advantages(adv, teacher, student, mask, lam, eps)
+    shuffled = rlsd_token_advantages(adv, teacher, student, mask, lam, eps,
+                                     shuffle_generator=torch.Generator().manual_seed(0))
+    on = mask != 0
+    for b in range(4):
+        assert torch.allclose(torch.sort(shuffled[b, on[b]]).values, torch.sort(plain[b, on[b]]).values,
+                              rtol=0, atol=0)
+    assert not torch.equal(shuffled, plain)
+    assert (shuffled[~on] == 0).all()
+    # with thought_only the weights stay inside the thought span
+    thought = torch.zeros_like(on)
+    thought[:, :6] = True
+    sh_thought = rlsd_token_advantages(adv, teacher, student, mask, lam, eps, thought_mask_BT=thought,
+                                       shuffle_generator=torch.Generator().manual_seed(0))
+    outside = on & ~thought
+    assert torch.equal(sh_thought[outside], adv[:, None].expand_as(on)[outside])
+
+
+@FAST
+@given(seeds, st.floats(0, 1), st.floats(0, 0.9), st.floats(0.01, 30), st.booleans(), st.booleans())
+def test_rlsd_drift_decomposition_is_exact(seed, lam, eps, scale, negative_only, thought_only):
+    adv, teacher, student, mask = rlsd_case(seed, scale=scale)
+    adv[0] = 0.0
+    thought = (torch.rand(mask.shape, generator=torch.Generator().manual_seed(seed)) > 0.4) if thought_only else None
+    kwargs = {"negative_only": negative_only, "thought_mask_BT": thought}
+    grpo, drift = rlsd_drift_decomposition(adv, teacher, student, mask, lam, eps, **kwargs)
+    total = rlsd_token_advantages(adv, teacher, student, mask, lam, eps, **kwargs)
+    torch.testing.assert_close(grpo + drift, total, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grpo, adv[:, None] * (mask != 0), rtol=0, atol=0)
+    scope = rlsd_weight_scope(adv, mask, negative_only, thought)
+    delta = teacher - student
+    assert (drift[~scope] == 0).all()
+    assert (drift.abs() <= lam * adv.abs()[:, None] * eps + 1e-12).all()
+    # the drift has the sign of δ whatever the sign of A
+    # (away from float underflow: tiny λ, ε, |A| or |δ| can round the term to 0)
+    active = scope & (adv.abs() > 1e-6)[:, None] & (delta.abs() > 1e-9) & (lam > 1e-6) & (eps > 1e-6)
+    assert torch.equal(torch.sign(drift[active]), torch.sign(delta[active]))
+    # shuffled: the same permutation as the advantages when the generator is in the same state
+    g1, g2 = torch.Generator().manual_seed(seed % 1000), torch.Generator().manual_seed(seed % 1000)
+    grpo_s, drift_s = rlsd_drift_decomposition(adv, teacher, student, mask, lam, eps, shuffle_generator=g1, **kwargs)
+    total_s = rlsd_token_advantages(adv, teacher, student, mask, lam, eps, shuffle_generator=g2, **kwargs)
+    torch.testing.assert_close(grpo_s + drift_s, total_s, rtol=1e-12, atol=1e-12)
+
+
+def test_rlsd_phi_properties_and_a_clipless_phi_fails():
+    delta = torch.linspace(-3, 3, 600, dtype=torch.float64)  # even count: no δ within rounding of 0
+    assert rlsd_phi(torch.zeros(1), True).item() == 0.0 and rlsd_phi(torch.zeros(1), False).item() == 0.0
+    for eps in (0.1, 0.2, 0.5):
+        for positive in (True, False):
+            phi = rlsd_phi(delta, positive, eps)
+            assert (phi.diff() >= 0).all() and (phi.abs() <= eps + 1e-15).all()
+            assert torch.equal(torch.sign(phi), torch.sign(delta))
+    # the identity needs the clip: φ_+ defined as e^δ - 1 (no clip) breaks it where |δ| is large
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    teacher = torch.tensor([[2.0, 0.05], [2.0, 0.05]], dtype=torch.float64)
+    student = torch.zeros_like(teacher)
+    total = rlsd_token_advantages(adv, teacher, student, torch.ones(2, 2), 0.5, 0.2)
+    wrong = adv[:, None] + 0.5 * adv.abs()[:, None] * torch.where(adv[:, None] > 0, teacher.exp() - 1,
+                                                                   1 - (-teacher).exp())
+    assert (total - wrong).abs()[:, 0].min() > 0.1  # clipped tokens: the clipless φ is off
+    torch.testing.assert_close(total[:, 1], wrong[:, 1], rtol=0, atol=1e-15)  # inside the clip they agree
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ token, the chain rule of mutual information, Theorem 4), Proposition 1's exact v
 and against sampled r, the SGD demonstration, and the figure helpers."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -277,3 +278,158 @@ def test_figures_render_and_save(tmp_path):
     with pytest.raises(ValueError):
         th.save_figure(figures["sgd"], "../escape", directory=tmp_path)
     assert th.FIGURES_DIR.name == "figures" and (th.FIGURES_DIR.parent / "rlsd" / "theory.py").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# RLSD's hidden distillation term
+
+
+def _drift_case(seed, vocab=5, spread=1.0):
+    rng = np.random.default_rng(seed)
+    student = torch.tensor(rng.dirichlet(np.ones(vocab)), dtype=torch.float64)
+    teacher = torch.softmax(torch.log(student) + spread * torch.tensor(rng.standard_normal(vocab)), -1)
+    return student, teacher
+
+
+def _binomial_m(p, G, eps=1e-6):
+    """E[max(A_i, 0)] in closed form: k successes of G, A = (1 - k/G) / (s_k + eps) for the k successes."""
+    from math import comb, sqrt
+    total = 0.0
+    for k in range(1, G):
+        s_k = sqrt(k * (G - k) / (G * (G - 1)))
+        total += comb(G, k) * p**k * (1 - p) ** (G - k) * k * (1 - k / G) / (s_k + eps)
+    return total / G
+
+
+@pytest.mark.parametrize("p,G", [(0.5, 2), (0.3, 4), (0.5, 8), (0.9, 8)])
+def test_advantage_moments_are_balanced_and_match_the_binomial_form(p, G):
+    moments = th.advantage_moments(p, G)
+    assert abs(moments["mean"]) < 1e-12
+    assert moments["pos"] == pytest.approx(moments["neg"], abs=1e-12)
+    assert moments["pos"] == pytest.approx(_binomial_m(p, G), rel=1e-12)
+    assert moments["p_mixed"] == pytest.approx(1 - p**G - (1 - p) ** G, abs=1e-12)
+    assert th.advantage_moments(0.0, G)["pos"] == 0.0  # all-equal groups: no signal, no drift
+
+
+@pytest.mark.parametrize("seed,G,negative_only", [(0, 2, False), (1, 3, False), (2, 4, False), (3, 3, True),
+                                                  (4, 4, True)])
+def test_expected_gradient_enumerated_equals_the_factorisation(seed, G, negative_only):
+    student, teacher = _drift_case(seed)
+    p, lam, eps = 0.4, 0.5, 0.2
+    exact = th.drift_gradient_enumerated(torch.log(student), teacher, torch.full((5,), p, dtype=torch.float64), G,
+                                         lam, eps, negative_only)
+    fact = th.drift_gradient_factorised(student, teacher, p, G, lam, eps, negative_only)
+    assert float(exact["grpo"].abs().max()) < 1e-15 and float(exact["grpo_part"].abs().max()) < 1e-15
+    torch.testing.assert_close(exact["rlsd"], fact["drift"], rtol=0, atol=1e-15)
+    torch.testing.assert_close(exact["drift_part"], fact["drift"], rtol=0, atol=1e-15)
+    assert float(fact["drift"].norm()) > 1e-3  # RLSD moves the student although the reward says nothing
+    assert abs(float(fact["drift"].sum())) < 1e-15  # a logit gradient of a softmax sums to 0
+
+
+def test_expected_gradient_negative_controls():
+    student, teacher = _drift_case(5, spread=2.0)
+    lam, eps, G = 0.5, 0.2, 3
+    # a reward that depends on the response: GRPO's expected gradient is not 0 and the factorisation fails
+    dependent = th.drift_gradient_enumerated(torch.log(student), teacher,
+                                             torch.tensor([0.9, 0.5, 0.5, 0.5, 0.1], dtype=torch.float64), G, lam, eps)
+    assert float(dependent["grpo"].abs().max()) > 1e-2
+    fact = th.drift_gradient_factorised(student, teacher, 0.5, G, lam, eps)
+    assert float((dependent["rlsd"] - fact["drift"]).abs().max()) > 1e-2
+    # φ without the clip predicts a different expected gradient where the clip is active
+    independent = th.drift_gradient_enumerated(torch.log(student), teacher, torch.full((5,), 0.5, dtype=torch.float64),
+                                               G, lam, eps)
+    m = th.advantage_moments(0.5, G)
+    clipless = lam * m["pos"] * (th.drift_direction(student, teacher, None, True)
+                                 + th.drift_direction(student, teacher, None, False))
+    assert float((independent["rlsd"] - clipless).abs().max()) > 1e-3
+    assert float(th.log_ratio(student, teacher).abs().max()) > math.log(1.2)  # the clip is indeed active here
+
+
+def test_drift_inside_the_clip_is_forward_kl_plus_half_chi2_and_first_order_reverse_kl():
+    student, teacher = _drift_case(6, spread=1.5)
+    grads = th.divergence_gradients(torch.log(student), teacher)
+    torch.testing.assert_close(th.drift_direction(student, teacher, None, True), -grads["forward_kl"], rtol=0,
+                               atol=1e-15)
+    torch.testing.assert_close(th.drift_direction(student, teacher, None, False), -0.5 * grads["chi2"], rtol=0,
+                               atol=1e-15)
+    # first order: as the teacher approaches the student, d+ + d- -> 2·(-∇KL(π ‖ P_T)), error O(spread)
+    errors = []
+    for spread in (0.1, 0.01, 0.001):
+        student, teacher = _drift_case(6, spread=spread)
+        reverse = -th.divergence_gradients(torch.log(student), teacher)["reverse_kl"]
+        both = th.drift_direction(student, teacher, 0.2, True) + th.drift_direction(student, teacher, 0.2, False)
+        errors.append(float((both - 2 * reverse).norm() / (2 * reverse).norm()))
+        assert th.cosine(both, reverse) > 1 - 10 * spread**2
+    assert errors[1] < 0.2 * errors[0] and errors[2] < 0.2 * errors[1]
+    assert errors[0] > 1e-4  # not identical: φ is not δ
+
+
+def test_drift_cosine_does_not_depend_on_lambda_group_size_or_success_rate():
+    student, teacher = _drift_case(8, spread=1.0)
+    reference = th.drift_gradient_factorised(student, teacher, 0.5, 8, 0.5, 0.2)["drift"]
+    for p, G, lam in ((0.2, 4, 0.1), (0.7, 6, 1.0)):
+        other = th.drift_gradient_factorised(student, teacher, p, G, lam, 0.2)["drift"]
+        assert th.cosine(other, reference) == pytest.approx(1.0, abs=1e-12)
+    assert th.cosine(th.drift_gradient_factorised(student, teacher, 0.5, 8, 0.5, 0.5)["drift"], reference) < 1 - 1e-6
+
+
+def test_monte_carlo_agrees_with_exact_and_catches_a_wrong_target():
+    student, teacher = _drift_case(9, spread=1.0)
+    exact = th.drift_gradient_factorised(student, teacher, 0.5, 8, 0.5, 0.2)["drift"]
+    mean, se = th.monte_carlo_group_gradient(torch.log(student), teacher, 0.5, 8, 0.5, 0.2, num_groups=20_000, seed=0)
+    assert float(((mean - exact) / se).abs().max()) < 4.5
+    wrong = th.drift_gradient_factorised(student, teacher, 0.5, 8, 0.5, 0.2, negative_only=True)["drift"]
+    assert float(((mean - wrong) / se).abs().max()) > 6  # half the drift is detectably wrong
+
+
+def test_habit_rate_closed_form_grows_and_saturates():
+    student = torch.tensor([0.35, 0.25, 0.2, 0.1, 0.1], dtype=torch.float64)
+    habit, m = 3, th.advantage_moments(0.5, 8)["pos"]
+    spread = float(((torch.eye(5, dtype=torch.float64)[habit] - student) ** 2).sum())
+    for lam, eps in ((0.5, 0.2), (1.0, 0.5)):
+        rates = {}
+        for negative_only in (False, True):
+            rows = []
+            for h in np.linspace(0, 0.6, 25):
+                out = th.drift_gradient_factorised(student, th.habit_teacher(student, habit, h), 0.5, 8, lam, eps,
+                                                   negative_only)
+                rows.append(th.habit_rate(out["drift"], student, habit))
+                closed = th.habit_rate_closed_form(student, habit, h, 0.0 if negative_only else m, m, lam, eps)
+                assert rows[-1] == pytest.approx(closed, rel=1e-12, abs=1e-18)
+            rates[negative_only] = np.array(rows)
+        full, neg = rates[False], rates[True]
+        bound = 4 * lam * eps * m * 0.1**2 * spread
+        assert full[0] == 0 and (np.diff(full) >= -1e-15).all() and (full <= bound + 1e-15).all()
+        assert full[-1] == pytest.approx(bound, rel=1e-12)  # saturated
+        assert neg[-1] == pytest.approx(bound / 2, rel=1e-12) and (neg[1:] < full[1:]).all()
+    # the bound scales with λ·ε: the λ 1.0 / ε 0.5 cell saturates at 5 x the paper's (λ 0.5, ε 0.2)
+    assert th.habit_rate_closed_form(student, habit, 0.6, m, m, 1.0, 0.5) == pytest.approx(
+        5 * th.habit_rate_closed_form(student, habit, 0.6, m, m, 0.5, 0.2), rel=1e-12)
+
+
+def test_thought_only_removes_the_drift_outside_the_thought_only():
+    thought = (torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)),
+               torch.tensor([0.3, 0.3, 0.4], dtype=torch.float64))
+    answer = (torch.log(torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)),
+              torch.tensor([0.4, 0.3, 0.3], dtype=torch.float64))
+    off = th.thought_only_gradients(thought, answer, 0.5, 3, 0.5, 0.2, thought_only=False)
+    on = th.thought_only_gradients(thought, answer, 0.5, 3, 0.5, 0.2, thought_only=True)
+    assert float(off[1].norm()) > 1e-3  # without the switch the answer token is pulled too
+    assert float(on[1].abs().max()) < 1e-15
+    torch.testing.assert_close(on[0], off[0], rtol=0, atol=1e-15)
+    # each position's drift is that position's one-token drift, halved by the token-mean over 2 tokens
+    for (logits, teacher), grad in zip((thought, answer), off):
+        one = th.drift_gradient_factorised(torch.softmax(logits, -1), teacher, 0.5, 3, 0.5, 0.2)["drift"]
+        torch.testing.assert_close(grad, one / 2, rtol=0, atol=1e-15)
+
+
+def test_hidden_drift_figure_renders(tmp_path):
+    delta = np.linspace(-1, 1, 11)
+    phi_curves = {"delta": delta, "φ+": th.phi(delta, True, 0.2).numpy(), "φ-": th.phi(delta, False, 0.2).numpy()}
+    bars = {"grpo": np.zeros(5), "rlsd": np.ones(5), "drift": np.ones(5), "first_order": np.ones(5), "title": "b"}
+    cosines = {"ε 0.2": (np.array([0.01, 0.1]), np.array([0.99, 0.9]))}
+    habit = {"strength": np.linspace(0, 1, 3), "a": (np.array([0, 1, 2.0]), "-", "tab:red")}
+    fig = th.plot_hidden_drift(phi_curves, bars, cosines, habit)
+    assert len(fig.axes) == 4 and all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
+    png, _ = th.save_figure(fig, "hidden", directory=tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
