@@ -107,6 +107,12 @@ class TrainConfig:
     whole run (the authors' convention); to turn RLSD's evidence off, set rlsd_lam0=0."""
     rlsd_clip_eps: float = 0.2
     """ε_w: evidence weights are clipped to [1-ε_w, 1+ε_w]."""
+    rlsd_negative_only: bool = False
+    """The authors' rlsd_negative_only: evidence weights only on responses with A < 0 (the rest keep weight 1)."""
+    rlsd_thought_only: bool = False
+    """The authors' rlsd_thought_only: evidence weights only on the tokens before the closing thought tag."""
+    rlsd_shuffle_weights: bool = False
+    """A control: each response's evidence weights permuted among its own tokens (same magnitudes, no targeting)."""
     teacher_sync_every: int = 10
     """N: the RLSD teacher snapshot is re-synced to the policy every N steps."""
     teacher_reference: str = "answer"

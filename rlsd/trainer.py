@@ -151,6 +151,10 @@ class MicroBatch:
     """Global-batch token count of `mask_BT` over that of `distill_mask_BT` (1 unless SDPO masks responses out)."""
     lam: float
     """RLSD's λ at this step."""
+    thought_mask_BT: torch.Tensor | None = None
+    """RLSD thought_only: the tokens before the response's closing thought tag (None: the switch is off)."""
+    shuffle_generator: torch.Generator | None = None
+    """RLSD's shuffled-weights control: permutes each response's weights among its tokens (None: off)."""
 
 
 def _surrogate(cfg, mb: MicroBatch, adv_BT, stats) -> torch.Tensor:
@@ -169,10 +173,14 @@ def grpo_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
 def rlsd_term(cfg, mb: MicroBatch, stats) -> torch.Tensor:
     """PPO surrogate with Â_t = A·((1-λ) + λ·clip(w_t)); also counts the clipped weights."""
     student_logp_BT = mb.student.logp_BT.detach()
+    scope = dict(negative_only=cfg.rlsd_negative_only, thought_mask_BT=mb.thought_mask_BT)
     adv_BT = alg.rlsd_token_advantages(mb.adv_B, mb.teacher_logp_BT, student_logp_BT, mb.mask_BT, mb.lam,
-                                       cfg.rlsd_clip_eps)
-    _, _, w = alg.rlsd_token_weights(mb.adv_B, mb.teacher_logp_BT, student_logp_BT, mb.mask_BT, cfg.rlsd_clip_eps)
-    weighted = float((mb.mask_BT.float() * (mb.adv_B != 0).float().unsqueeze(-1)).sum())
+                                       cfg.rlsd_clip_eps, shuffle_generator=mb.shuffle_generator, **scope)
+    _, _, w = alg.rlsd_token_weights(mb.adv_B, mb.teacher_logp_BT, student_logp_BT, mb.mask_BT, cfg.rlsd_clip_eps,
+                                     **scope)
+    # the clip fractions are over the tokens the weights apply to (all of them with the switches off)
+    scope_BT = alg.rlsd_weight_scope(mb.adv_B, mb.mask_BT, **scope)
+    weighted = float((scope_BT.float() * (mb.adv_B != 0).float().unsqueeze(-1)).sum())
     stats["clip_low"] += w["weight_clip_low_frac"] * weighted
     stats["clip_high"] += w["weight_clip_high_frac"] * weighted
     stats["weighted_tokens"] += weighted
@@ -399,6 +407,18 @@ class Trainer:
                                 with_entropy=False, keep_hidden=keep)
         return s.logp_BT.detach(), s if keep else None
 
+    def thought_mask(self, ids_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+        """thought_only's scope: each response's tokens before its first closing thought tag (all of it if it has
+        none, e.g. a truncated response)."""
+        tag = self.tok("</thought>", add_special_tokens=False)["input_ids"]
+        out_BT = mask_BT.clone().bool()
+        for b, row in enumerate(ids_BT.tolist()):
+            for t in range(len(row) - len(tag) + 1):
+                if row[t:t + len(tag)] == tag:
+                    out_BT[b, t:] = False
+                    break
+        return out_BT
+
     def teacher_context(self):
         if self.teacher is None:
             raise RuntimeError(f"method {self.cfg.method} has no teacher")
@@ -428,6 +448,9 @@ class Trainer:
             distilled = (mask_NT * distilled_N.to(mask_NT.device).unsqueeze(-1)).sum().float().to(self.acc.device)
             distill_weight = float(global_tokens / self.acc.reduce(distilled.clone(), reduction="sum").clamp(min=1))
         lam = alg.rlsd_lambda(self.step, cfg.rlsd_lam0, cfg.rlsd_decay_steps) if cfg.method == "rlsd" else 0.0
+        # the shuffled-weights control draws its permutations from the step's own seed: resumable, reproducible
+        shuffle_generator = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, self.acc.process_index)) \
+            if cfg.rlsd_shuffle_weights else None
 
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
@@ -460,7 +483,9 @@ class Trainer:
             mb = MicroBatch(student=s, mask_BT=mask_BT, adv_B=batch.adv_N[rows].to(self.acc.device),
                             teacher_logp_BT=teacher_logp_BT, teacher=teacher_s,
                             distill_mask_BT=mask_BT * distilled_N[rows].to(mask_BT.device).unsqueeze(-1),
-                            distill_weight=distill_weight, lam=lam)
+                            distill_weight=distill_weight, lam=lam,
+                            thought_mask_BT=self.thought_mask(ids_BT, mask_BT) if cfg.rlsd_thought_only else None,
+                            shuffle_generator=shuffle_generator)
             loss_sum = sum(term(cfg, mb, stats) for term in LOSS_TERMS[cfg.method])
             if "drift_loss" in stats:  # autograd.grad leaves .grad alone: the update itself is unchanged
                 g = torch.autograd.grad(stats.pop("drift_loss") * scale, params, retain_graph=True,

@@ -641,3 +641,30 @@ def test_wrong_answer_teacher_is_told_the_wrong_answer(tmp_path):
     assert T.reference_text(problem, make_config("smoke")) == problem.answer
     with pytest.raises(ValueError, match="teacher_reference"):
         make_config("smoke", ["teacher_reference=wrong_answer", f"data={tmp_path / 'rows.jsonl'}"])
+
+
+@pytest.mark.parametrize("switch", ["rlsd_negative_only=true", "rlsd_thought_only=true", "rlsd_shuffle_weights=true"])
+def test_rlsd_switches_change_the_update_and_default_off_is_rlsd(switch, tiny_dir, tmp_path, even_reward):
+    plain, p_plain = one_step("plain", "rlsd", tmp_path, tiny_dir, "rlsd_lam0=1")
+    on, p_on = one_step(switch.split("=")[0], "rlsd", tmp_path, tiny_dir, "rlsd_lam0=1", switch)
+    off, p_off = one_step("off", "rlsd", tmp_path, tiny_dir, "rlsd_lam0=1", switch.replace("true", "false"))
+    assert not changed(p_plain, p_off)  # the switch off is RLSD exactly
+    assert on["reward_mean"] == plain["reward_mean"]  # the same batch ...
+    assert changed(p_plain, p_on)  # ... and another update
+    assert on["drift_adv_share"] != plain["drift_adv_share"]
+
+
+def test_thought_mask_stops_at_the_closing_tag(tiny_dir, tmp_path):
+    cfg = smoke_config("rlsd", tmp_path / "t", tiny_dir, "steps=1", "eval_every=0", "save_every=0")
+    trainer = T.Trainer(cfg, progress=False)
+    tok = trainer.tok
+    ids = [tok("<thought>red 3</thought><answer>3</answer>", add_special_tokens=False)["input_ids"],
+           tok("<thought>red 3 , green", add_special_tokens=False)["input_ids"]]
+    T_ = max(map(len, ids))
+    ids_BT = torch.tensor([r + [0] * (T_ - len(r)) for r in ids])
+    mask_BT = torch.tensor([[1] * len(r) + [0] * (T_ - len(r)) for r in ids])
+    thought_BT = trainer.thought_mask(ids_BT, mask_BT)
+    close = tok("</thought>", add_special_tokens=False)["input_ids"]
+    start = next(t for t in range(len(ids[0])) if ids[0][t:t + len(close)] == close)
+    assert thought_BT[0].tolist() == [True] * start + [False] * (T_ - start)
+    assert thought_BT[1].tolist() == mask_BT[1].bool().tolist()  # no closing tag: all of it (truncated)
