@@ -347,8 +347,8 @@ def table2_gains_figure(testbed_rows: list[dict] | None, paper_table: dict, pape
         if extra:
             for i, r in enumerate(extra):
                 v = r["accuracy_mean"] - base
-                axes[2].annotate(f"{v:+.1f}", (i, v), xytext=(0, 4), textcoords="offset points", ha="center",
-                                 va="bottom", fontsize=9)
+                axes[2].text(i, v / 2, f"{v:+.1f}\npoints", ha="center", va="center", fontsize=10, color="white",
+                             fontweight="bold")
             axes[2].set_ylim(min(r["accuracy_min"] - base for r in extra) * 1.15, 5)
             axes[2].set_title("degenerate run\n(own scale)", fontsize=10)
     for ax in axes:
