@@ -2,6 +2,7 @@
 
     reproduce  THE main job: all methods x seeds on the testbed, evaluation, figures  (rlsd.reproduce)
     train      one training run: --method grpo|rlsd|opsd|sdpo|grpo_opsd  (rlsd.trainer)
+    study      the RLSD study: pre-registered confirmation, sensitivity   (rlsd.study)
     bench      step time by phase for every method on the same batch      (rlsd.bench)
     sft        train the tiny model's warm start on the testbed          (rlsd.sft)
     evaluate   accuracy, leakage and controls of a model on the testbed  (rlsd.evaluate)
@@ -105,15 +106,27 @@ def cmd_reproduce(args):
         print(summary_markdown(resummarise(args.profile, logs_dir=args.logs_dir)))
         return
 
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     methods = tuple(args.methods.split(",")) if args.methods else RUN_METHODS
     unknown = set(methods) - set(RUN_METHODS + ABLATIONS)
     if unknown:
         raise ValueError(f"--methods: unknown run type(s) {sorted(unknown)}; choose from {RUN_METHODS + ABLATIONS}")
     summary = reproduce(args.profile, seeds=seeds, methods=methods, runs_dir=args.runs_dir, logs_dir=args.logs_dir,
-                        overrides=args.overrides)
+                        overrides=args.overrides, jobs=args.jobs)
     print(summary_markdown(summary))
     print(f"wall time: {summary['wall_time_s'] / 60:.1f} min")
+
+
+def cmd_study(args):
+    from rlsd.study import LOGS, judge_study, run_study, verdicts_markdown
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    logs = args.logs_dir or LOGS
+    result = judge_study(logs) if args.summary_only else run_study(args.part, args.runs_dir, logs, args.jobs)
+    print(verdicts_markdown(result))
 
 
 def cmd_bench(args):
@@ -234,8 +247,18 @@ def main(argv=None):
     p.add_argument("--summary-only", action="store_true",
                    help="recompute summary.json/.md and the figures from the logs, without training")
     p.add_argument("overrides", nargs="*", help="field=value config overrides for every run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side, one thread each (small models on few cores: faster than one "
+                        "multi-thread process; the numbers are the same)")
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("study", help="the RLSD study: pre-registered confirmation and sensitivity (rlsd.study)")
+    p.add_argument("--part", default="confirm", help="confirm | sensitivity")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each")
+    p.add_argument("--runs-dir", default="runs/study", help="where full runs (with checkpoints) go")
+    p.add_argument("--logs-dir", default=None, help="where the small logs go (default data/runs/study)")
+    p.add_argument("--summary-only", action="store_true", help="judge the logs present, without training")
+    p.set_defaults(func=cmd_study)
     p = sub.add_parser("bench", help="step time by phase for every method on the same batch")
     p.add_argument("--profile", default="smoke")
     p.add_argument("--repeats", type=int, default=5)

@@ -108,7 +108,8 @@ class TrainConfig:
     """N: the RLSD teacher snapshot is re-synced to the policy every N steps."""
     teacher_reference: str = "answer"
     """What the teacher prompt reveals: 'answer' (the final answer; RLSD) or 'solution' (a reference solution, if
-    the data has one; OPSD's original setting). The testbed's teacher format was trained with the answer."""
+    the data has one; OPSD's original setting). The testbed's teacher format was trained with the answer.
+    'wrong_answer': a control -- the teacher is told a plausible wrong answer (rlsd.testbed.wrong_answer)."""
 
     # --- OPSD / GRPO+OPSD / SDPO
     opsd_beta: float = 0.5
@@ -132,6 +133,14 @@ class TrainConfig:
     # --- evaluation and artefacts
     eval_every: int = 25
     """Evaluate on the test split every this many steps (and at the end); 0 disables periodic evaluation."""
+    eval_dense_every: int = 0
+    """Also evaluate every this many steps up to step `eval_dense_until` (dense early evaluation, e.g. in RLSD's λ
+    window); 0: off."""
+    eval_dense_until: int = 0
+    """Last step of the dense evaluation schedule (see eval_dense_every)."""
+    eval_decoding: str = "validation"
+    """'validation': the paper's validation decoding (T 0.7, top-p 0.8, top-k 20), one sample per problem;
+    'greedy': the most likely response (no sampling noise: paired differences show only policy differences)."""
     eval_problems: int = 300
     """Test problems per periodic evaluation."""
     eval_max_new_tokens: int = 64
@@ -183,7 +192,7 @@ class TrainConfig:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2 and self.method in ("grpo", "rlsd", "grpo_opsd", "sdpo"):
             bad("group_size", f"must be >= 2 for group advantages, got {self.group_size}")
-        for name in ("eval_every", "save_every", "samples_per_eval", "rlsd_decay_steps", "warmup_steps",
+        for name in ("eval_every", "eval_dense_every", "eval_dense_until", "save_every", "samples_per_eval", "rlsd_decay_steps", "warmup_steps",
                      "rollout_batch_size", "score_batch_size"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
@@ -218,8 +227,14 @@ class TrainConfig:
             bad("opsd_beta", f"must be in [0, 1], got {self.opsd_beta}")
         if self.opsd_teacher not in ("initial", "current"):
             bad("opsd_teacher", f"must be 'initial' or 'current', got {self.opsd_teacher!r}")
-        if self.teacher_reference not in ("answer", "solution"):
-            bad("teacher_reference", f"must be 'answer' or 'solution', got {self.teacher_reference!r}")
+        if self.eval_decoding not in ("validation", "greedy"):
+            bad("eval_decoding", f"must be 'validation' or 'greedy', got {self.eval_decoding!r}")
+        if self.eval_dense_every and not self.eval_dense_until:
+            bad("eval_dense_until", "must be > 0 when eval_dense_every is set")
+        if self.teacher_reference not in ("answer", "solution", "wrong_answer"):
+            bad("teacher_reference", f"must be 'answer', 'solution' or 'wrong_answer', got {self.teacher_reference!r}")
+        if self.teacher_reference == "wrong_answer" and self.data != "testbed":
+            bad("teacher_reference", "'wrong_answer' (a control) needs data=testbed, where a wrong answer is known")
         if self.rollout_cache not in ("dynamic", "static"):
             bad("rollout_cache", f"must be 'dynamic' or 'static', got {self.rollout_cache!r}")
         if self.rollout_compile and self.rollout_cache != "static":
@@ -392,7 +407,7 @@ def make_config(profile: str = "cpu", overrides: list[str] | dict | None = None,
 # Fields a resumed run may change: where it writes, how long it runs, how often it logs, and how it batches work
 # (micro-batch sizes and the rollout's KV cache change float summation order only). Every other field changes what
 # is computed.
-RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "samples_per_eval", "tensorboard", "log_drift_grad",
+RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "eval_dense_every", "eval_dense_until", "samples_per_eval", "tensorboard", "log_drift_grad",
                      "micro_batch_size", "rollout_batch_size", "score_batch_size", "rollout_cache", "rollout_compile"}
 
 

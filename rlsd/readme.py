@@ -173,6 +173,17 @@ def claims_block() -> str:
     return claims_markdown(judge(summary, _load(REPO / "figures" / "05_credit_shares.json")))
 
 
+def study_block() -> str:
+    """The study's pre-registered verdicts (data/runs/study/verdicts.json, written by python -m rlsd study)."""
+    from rlsd.study import LOGS, judge_study, verdicts_markdown
+
+    if not LOGS.exists():
+        return _missing(LOGS, "python -m rlsd study --part confirm --jobs 2")
+    result = judge_study(LOGS)
+    runs = ", ".join(f"{name} x {len(seeds)}" for name, seeds in sorted(result["runs"].items()))
+    return f"Runs logged: {runs or 'none'}.\n\n" + verdicts_markdown(result)
+
+
 def gpu_check_block() -> str:
     """The H200 check of the 2B-shaped path (data/gpu_check/*.json, written by python -m rlsd.gpu_check)."""
     main = _load(REPO / "data" / "gpu_check" / "h200-qwen3vl-2b-shape.json")
@@ -247,6 +258,7 @@ BLOCKS = {
     "cpu-rollouts": cpu_rollouts_block,
     "reproduction": reproduction_block,
     "claims": claims_block,
+    "study": study_block,
     "lr-probe": lr_probe_block,
     "warm-start": warm_start_block,
     "profiles": profiles_block,

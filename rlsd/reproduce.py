@@ -96,11 +96,52 @@ def evaluate_base(model_path: str, n_test: int, max_new_tokens: int, out: Path, 
     return results
 
 
+def _train_one(cfg_json: str, threads: int) -> float:
+    """One run in a worker process (`--jobs`): a fresh process, `threads` torch threads, the run's wall time."""
+    import torch
+
+    from rlsd.config import TrainConfig
+    from rlsd.trainer import train
+
+    torch.set_num_threads(threads)
+    cfg = TrainConfig.from_dict(json.loads(cfg_json))
+    t0 = time.time()
+    train(cfg, progress=False)
+    return time.time() - t0
+
+
+def run_all(todo: list[tuple[str, object]], jobs: int) -> dict[str, float]:
+    """Train every (name, config) in `todo`; jobs > 1: that many single-thread processes side by side.
+
+    Small models on few cores run faster as several 1-thread processes than as one multi-thread process (their
+    matrices are too small to keep several threads busy; measured in the README). Results do not depend on it:
+    a run's numbers are a function of its config and seed only (tested)."""
+    from rlsd.trainer import train
+
+    timings = {}
+    if jobs <= 1:
+        for name, cfg in todo:
+            t0 = time.time()
+            train(cfg)
+            timings[name] = time.time() - t0
+        return timings
+    import concurrent.futures
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    # spawn, not fork: a forked child would inherit this process's torch thread pool and the verifier's workers
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, cfg.to_json(), 1): name for name, cfg in todo}
+        for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=f"runs ({jobs} jobs)"):
+            timings[futures[future]] = future.result()
+    return timings
+
+
 def reproduce(profile: str = "cpu", seeds: tuple[int, ...] | None = None, methods: tuple[str, ...] = RUN_METHODS,
               runs_dir: str = "runs", logs_dir: str | None = None, overrides: list[str] | None = None,
-              make_figures: bool = True, figures_dir: str | None = None) -> dict:
+              make_figures: bool = True, figures_dir: str | None = None, jobs: int = 1) -> dict:
     from rlsd.runs import load_runs, summarise, summary_markdown
-    from rlsd.trainer import train
 
     t_start = time.time()
     logs = Path(logs_dir) if logs_dir else REPO / "data" / "runs" / profile
@@ -115,7 +156,7 @@ def reproduce(profile: str = "cpu", seeds: tuple[int, ...] | None = None, method
 
     probe = make_config(profile, overrides)
     base = evaluate_base(model_path, probe.eval_problems, probe.eval_max_new_tokens, logs)
-    timings = {}
+    todo = []
     for name in methods:
         method, extra = run_name_config(name)
         for seed in seeds_of(name, seeds):
@@ -123,10 +164,12 @@ def reproduce(profile: str = "cpu", seeds: tuple[int, ...] | None = None, method
             if (out / "checkpoint" / "state.pt").exists() and _finished(out, probe.steps):
                 print(f"{name} seed {seed}: finished earlier, skipped")
             else:
-                cfg = make_config(profile, list(overrides or []) + extra, method=method, seed=seed, out=str(out))
-                t0 = time.time()
-                train(cfg)
-                timings[f"{name}-s{seed}"] = time.time() - t0
+                todo.append((f"{name}-s{seed}", make_config(profile, list(overrides or []) + extra, method=method,
+                                                            seed=seed, out=str(out))))
+    timings = run_all(todo, jobs)
+    for name in methods:
+        for seed in seeds_of(name, seeds):
+            out = Path(runs_dir) / profile / f"{name}-s{seed}"
             dest = logs / f"{name}-s{seed}"
             dest.mkdir(parents=True, exist_ok=True)
             for f in LOG_FILES:
@@ -139,7 +182,7 @@ def reproduce(profile: str = "cpu", seeds: tuple[int, ...] | None = None, method
     wall = time.time() - t_start
     main_job = previous.get("main_job_wall_time_s") if tuple(methods) != RUN_METHODS or not timings else wall
     summary = {"profile": profile, "seeds": {name: sorted(per_seed) for name, per_seed in runs.items()},
-               "wall_time_s": wall, "main_job_wall_time_s": main_job,
+               "wall_time_s": wall, "main_job_wall_time_s": main_job, "jobs": jobs,
                "run_times_s": {**previous.get("run_times_s", {}), **timings},
                **summarise(runs, base, lambda_steps=probe.rlsd_decay_steps)}
     (logs / "summary.json").write_text(json.dumps(summary, indent=2))

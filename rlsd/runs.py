@@ -349,11 +349,14 @@ def notebook_logs(profile: str, smoke_methods: tuple[str, ...], smoke_seeds: tup
 # standard error -- much tighter than comparing two unpaired means.
 
 
-def per_seed_auc(per_seed: dict[int, dict], key: str = "accuracy") -> dict[int, float]:
-    """Per seed: the area under the test curve of `key` divided by its step span (trapezoids; a mean level)."""
+def per_seed_auc(per_seed: dict[int, dict], key: str = "accuracy", last_step: int | None = None) -> dict[int, float]:
+    """Per seed: the area under the test curve of `key` divided by its step span (trapezoids; a mean level), over
+    the evaluations up to `last_step` (all by default)."""
     out = {}
     for seed, logs in per_seed.items():
         steps, values = curve(logs["eval"], key)
+        if last_step is not None:
+            steps, values = steps[steps <= last_step], values[steps <= last_step]
         if len(steps) >= 2:
             out[seed] = float(np.trapezoid(values, steps) / (steps[-1] - steps[0]))
     return out
@@ -370,6 +373,30 @@ def per_seed_peak(per_seed: dict[int, dict], key: str, kind: str = "eval") -> di
         _, values = curve(logs[kind], key)
         if len(values):
             out[seed] = float(values.max())
+    return out
+
+
+def per_seed_at(per_seed: dict[int, dict], step: int, key: str = "accuracy") -> dict[int, float]:
+    """Per seed: `key` of the evaluation at exactly `step` (seeds without one are left out)."""
+    return {seed: r[key] for seed, logs in per_seed.items() for r in logs["eval"]
+            if r["step"] == step and r.get(key) is not None}
+
+
+def per_seed_decline(per_seed: dict[int, dict], key: str = "accuracy") -> dict[int, float]:
+    """Per seed: peak - final of the test curve. >= 0 by construction (noise alone makes it positive), so it means
+    something only paired against another method's, which carries the same bias."""
+    peak, final = per_seed_peak(per_seed, key), per_seed_final(per_seed, key)
+    return {s: peak[s] - final[s] for s in final if s in peak}
+
+
+def per_seed_peak_trailing(per_seed: dict[int, dict], key: str, window: int = 10) -> dict[int, float]:
+    """Per seed: the peak of the `window`-step trailing mean of a per-step metric (a noisy rate over 64 rollouts
+    is smoothed before its peak is taken; seeds that never logged `key` are left out)."""
+    out = {}
+    for seed, logs in per_seed.items():
+        _, values = curve(logs["metrics"], key)
+        if len(values) >= window:
+            out[seed] = float(np.convolve(values, np.ones(window) / window, mode="valid").max())
     return out
 
 
@@ -454,6 +481,16 @@ def summarise(runs: dict, base: dict, lambda_steps: int) -> dict:
              "clip_frac_ours": {s: v for s, v in zip(per_seed, run_mean(per_seed, "weight_clip_low_frac"))},
              "clip_frac_ours_high": {s: v for s, v in zip(per_seed, run_mean(per_seed, "weight_clip_high_frac"))},
              "clip_frac_authors": {s: v for s, v in zip(per_seed, run_mean(per_seed, "weight_clip_frac_all_tokens"))}}
+        e.update({"decline": per_seed_decline(per_seed), "auc_lambda_window": per_seed_auc(per_seed,
+                                                                                            last_step=lambda_steps),
+                  "acc_step25": per_seed_at(per_seed, 25),
+                  "peak_rollout_leak_rate": per_seed_peak_trailing(per_seed, "rollout_leak_rate"),
+                  "late_rollout_leak_rate": per_seed_window(per_seed, "rollout_leak_rate",
+                                                            last_step - last_step // 4 + 1, last_step),
+                  "drift_grad_share_lambda_window": per_seed_window(per_seed, "drift_grad_share", 1, lambda_steps),
+                  "drift_grad_projection_lambda_window": per_seed_window(per_seed, "drift_grad_projection", 1,
+                                                                         lambda_steps)})
+        e = {k: v for k, v in e.items() if v}  # metrics a run never logged (older logs) are left out
         if threshold is not None:
             e["steps_to_reward"] = per_seed_steps_to(per_seed, threshold)
         mention = peak_and_final(per_seed, "mention_prob")
@@ -466,6 +503,8 @@ def summarise(runs: dict, base: dict, lambda_steps: int) -> dict:
         table[name]["clip_frac_ours"] = _spread({s: e["clip_frac_ours"][s] + e["clip_frac_ours_high"].get(s, 0.0)
                                                  for s in e["clip_frac_ours"]})
         table[name]["final_per_seed"] = [e["final"][s] for s in sorted(e["final"])]
+        table[name]["accuracy_per_seed"] = {str(s): [[r["step"], r["accuracy"]] for r in logs["eval"]]
+                                            for s, logs in sorted(per_seed.items())}
         peak = per_seed_peak(per_seed, "accuracy")
         drops = [peak[s] - e["final"][s] for s in sorted(e["final"]) if s in peak]
         table[name]["peak_minus_final"] = {
@@ -473,11 +512,16 @@ def summarise(runs: dict, base: dict, lambda_steps: int) -> dict:
             "se": statistics.stdev(drops) / np.sqrt(len(drops)) if len(drops) > 1 else None}
     paired = {name: {k: paired_difference(e[k], endpoints["grpo"][k]) for k in
                      ("auc", "final", "steps_to_reward", "reward_lambda_window", "reward_after", "final_entropy",
-                      "peak_mention_prob") if k in e and "grpo" in endpoints}
+                      "peak_mention_prob", "peak_leak_rate", "peak_rollout_leak_rate", "late_rollout_leak_rate",
+                      "decline", "auc_lambda_window", "acc_step25")
+                     if k in e and "grpo" in endpoints and k in endpoints["grpo"]}
               for name, e in endpoints.items() if name != "grpo"}
     entropy = {name: list(zip(window_mean(per_seed, "entropy", first=True), window_mean(per_seed, "entropy")))
                for name, per_seed in runs.items()}
-    return {"table": table, "paired_vs_grpo": paired, "entropy_first_last": entropy, "declared": {
+    items = [r["n"] for per_seed in runs.values() for logs in per_seed.values() for r in logs["eval"]
+             if not r.get("from_base") and r.get("n")]
+    return {"table": table, "paired_vs_grpo": paired, "entropy_first_last": entropy,
+            "eval_items": max(items) if items else None, "declared": {
         "reward_threshold": threshold, "lambda_steps": lambda_steps,
         "reward_threshold_rule": f"GRPO's mean training reward over steps 1-10 + {REWARD_THRESHOLD_MARGIN}"}}
 
@@ -499,7 +543,9 @@ def summary_markdown(summary: dict) -> str:
     t, paired = summary["table"], summary["paired_vs_grpo"]
     names = [m for m in METHOD_ORDER if m in t] + sorted(set(t) - set(METHOD_ORDER) - {"base"})
     label = METHOD_LABEL
-    lines = [f"Warm start: student {t['base']['accuracy'] * 100:.1f}%, teacher format "
+    items = summary.get("eval_items")
+    lines = [f"Warm start{f' on the runs’ evaluation slice (the first {items:,} test problems)' if items else ''}: student "
+             f"{t['base']['accuracy'] * 100:.1f}%, teacher format "
              f"{t['base']['teacher_format'] * 100:.1f}%, blank images {t['base']['blank'] * 100:.1f}%, shuffled "
              f"{t['base']['shuffled'] * 100:.1f}%, majority {t['base']['majority'] * 100:.1f}%, ideal observer "
              f"{t['base']['ideal_observer'] * 100:.1f}%.", "",

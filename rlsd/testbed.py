@@ -280,6 +280,18 @@ def supported_answer(problem: Problem, thought: str) -> str | None:
     return None
 
 
+def wrong_answer(problem: Problem) -> str:
+    """A plausible WRONG reference for the wrong-answer-teacher control: what one misread count away from the gold
+    would give (numeric answers: gold ± 1, never negative; `most`: another option letter), fixed per problem."""
+    h = int(hashlib.sha256(problem.id.encode()).hexdigest(), 16)
+    if problem.meta["family"] == "most":
+        others = [x for x in LETTERS[:len(problem.meta["options"])] if x != problem.answer]
+        return others[h % len(others)]
+    gold = int(problem.answer)
+    step = 1 if (h % 2 == 0 or gold - 1 < 0) else -1
+    return str(gold + step)
+
+
 def mentions_reference(response: str) -> bool:
     """True if a response talks about a reference answer/solution (leakage when the prompt had none)."""
     return "reference" in response.lower()

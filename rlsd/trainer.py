@@ -59,7 +59,7 @@ from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
 from rlsd.scoring import TokenScores, score_responses, suppress_mask, suppressed_token_ids
 from rlsd.teacher import TeacherWeights
-from rlsd.testbed import mentions_reference
+from rlsd.testbed import mentions_reference, wrong_answer
 from rlsd.verifier import extract_answer, score_batch
 
 TEACHER_MODE = {"grpo": None, "rlsd": "snapshot", "opsd": None, "grpo_opsd": None, "sdpo": "ema"}
@@ -77,7 +77,7 @@ def load_training_problems(cfg: TrainConfig) -> tuple[list[Problem], list[Proble
     if cfg.data == "testbed":
         train, _, test = load_splits(n_train=cfg.n_train_problems, n_val=None, n_test=cfg.eval_problems)
         return train, test
-    n_eval = cfg.eval_problems if cfg.eval_every else 0
+    n_eval = cfg.eval_problems if (cfg.eval_every or cfg.eval_dense_every) else 0
     return load_train_and_eval(cfg.data, n_train=cfg.n_train_problems, n_eval=n_eval, seed=cfg.data_split_seed,
                                max_bad_fraction=cfg.data_max_bad_fraction)
 
@@ -98,6 +98,8 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def reference_text(problem: Problem, cfg: TrainConfig) -> str:
+    if cfg.teacher_reference == "wrong_answer":  # the study's control: the teacher told a wrong answer
+        return wrong_answer(problem)
     if cfg.teacher_reference == "solution" and problem.solution:
         return f"{problem.solution} The final answer is {problem.answer}."
     return problem.answer
@@ -518,13 +520,19 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward_mean']:.2f}", ent=f"{record['entropy']:.2f}",
                                 lam=f"{record['lambda']:.2f}")
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                if self.eval_due():
                     records.append(self.run_eval())
                 if cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
                     self.save_checkpoint()
         if self.writer is not None:
             self.writer.flush()
         return records
+
+    def eval_due(self) -> bool:
+        """Evaluate now? Every `eval_every` steps and at the end, plus the dense early schedule."""
+        cfg, k = self.cfg, self.step
+        dense = cfg.eval_dense_every and k <= cfg.eval_dense_until and k % cfg.eval_dense_every == 0
+        return bool(cfg.eval_every and (k % cfg.eval_every == 0 or k == cfg.steps) or dense)
 
     def step_record(self, batch: StepBatch, stats: dict, rollout_s: float, update_s: float) -> dict:
         cfg, G = self.cfg, self.cfg.group_size
@@ -589,6 +597,8 @@ class Trainer:
             cfg = self.cfg
             sampling = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens, temperature=VALIDATION_SAMPLING.temperature,
                                       top_p=VALIDATION_SAMPLING.top_p, top_k=VALIDATION_SAMPLING.top_k)
+            if cfg.eval_decoding == "greedy":
+                sampling = SamplingParams(max_new_tokens=cfg.eval_max_new_tokens, temperature=0.0)
             rng_state = torch.get_rng_state()
             res = evaluate(self.policy, self.processor, self.test_problems, fmt="student", sampling=sampling,
                            seed=cfg.seed, batch_size=cfg.rollout_batch_size or cfg.micro_batch_size,

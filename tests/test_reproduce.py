@@ -139,3 +139,20 @@ def test_base_evaluation_is_reused_only_for_the_same_weights_and_settings(tmp_pa
     weights.write_bytes(bytes(data))
     evaluate_base(str(model), 4, 16, tmp_path / "logs")
     assert len(calls) == 3 * per_eval
+
+
+def test_jobs_side_by_side_give_the_same_logs_as_one_after_the_other(tmp_path, monkeypatch):
+    from rlsd.reproduce import reproduce
+
+    monkeypatch.chdir(ROOT)
+    kw = dict(seeds=(0, 1), methods=("rlsd",), make_figures=False)
+    serial = reproduce("smoke", runs_dir=str(tmp_path / "r1"), logs_dir=str(tmp_path / "l1"), **kw)
+    parallel = reproduce("smoke", runs_dir=str(tmp_path / "r2"), logs_dir=str(tmp_path / "l2"), jobs=2, **kw)
+    assert parallel["jobs"] == 2 and set(parallel["run_times_s"]) == {"rlsd-s0", "rlsd-s1"}
+    for run in ("rlsd-s0", "rlsd-s1"):
+        for name in ("eval.jsonl", "samples.jsonl"):
+            assert (tmp_path / "l1" / run / name).read_text() == (tmp_path / "l2" / run / name).read_text()
+        strip = lambda path: [{k: v for k, v in json.loads(line).items() if not k.startswith("time_")  # noqa: E731
+                               and k != "peak_mem_mb"} for line in path.read_text().splitlines()]
+        assert strip(tmp_path / "l1" / run / "metrics.jsonl") == strip(tmp_path / "l2" / run / "metrics.jsonl")
+    assert serial["table"]["rlsd"]["final"] == parallel["table"]["rlsd"]["final"]

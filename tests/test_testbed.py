@@ -300,3 +300,18 @@ def test_readout_accuracies_in_the_evaluation_summary():
     bad = responses[0].replace(f"{c} {n} ", f"{c} {n + 1} ", 1)
     s = readout_summary(problems, [bad] + responses[1:])
     assert s["readout_accuracy_needed"] < 1.0 and s["readout_accuracy_unneeded"] == 1.0
+
+
+def test_wrong_answer_is_wrong_plausible_and_fixed():
+    from rlsd.testbed import generate_split, wrong_answer
+
+    problems = generate_split("test", 300)
+    wrong = [wrong_answer(p) for p in problems]
+    assert wrong == [wrong_answer(p) for p in problems]  # fixed per problem
+    assert all(w != p.answer for w, p in zip(wrong, problems))
+    for w, p in zip(wrong, problems):
+        if p.meta["family"] == "most":
+            assert w in "ABCD"
+        else:
+            assert abs(int(w) - int(p.answer)) == 1 and int(w) >= 0
+    assert len({w > p.answer for w, p in zip(wrong, problems) if p.meta["family"] == "count"}) == 2  # both ways

@@ -614,3 +614,30 @@ def test_drift_gradient_stats_on_known_vectors():
                                             "drift_grad_projection": 1.0}
     s = T.drift_gradient_stats([torch.tensor([0.0, 1.0])], [torch.tensor([2.0, 0.0])])
     assert s["drift_grad_projection"] == 0.0 and s["drift_grad_share"] == 0.5
+
+
+def test_dense_early_evaluation_and_greedy_decoding(tiny_dir, tmp_path, even_reward):
+    cfg = smoke_config("grpo", tmp_path / "dense", tiny_dir, "steps=6", "eval_every=3", "eval_dense_every=1",
+                       "eval_dense_until=2", "save_every=0", "eval_decoding=greedy")
+    T.Trainer(cfg, progress=False).train()
+    evals = read_jsonl(tmp_path / "dense" / "eval.jsonl")
+    assert [r["step"] for r in evals] == [1, 2, 3, 6]  # dense to step 2, then every 3 and the end
+    again = smoke_config("grpo", tmp_path / "again", tiny_dir, "steps=1", "eval_every=1", "save_every=0",
+                         "eval_decoding=greedy")
+    T.Trainer(again, progress=False).train()
+    # greedy evaluation is reproducible: the same weights at step 1 give the same responses
+    first = read_jsonl(tmp_path / "again" / "samples.jsonl")
+    assert first == [s for s in read_jsonl(tmp_path / "dense" / "samples.jsonl") if s["step"] == 1]
+    with pytest.raises(ValueError, match="eval_decoding"):
+        smoke_config("grpo", tmp_path / "bad", tiny_dir, "eval_decoding=beam")
+
+
+def test_wrong_answer_teacher_is_told_the_wrong_answer(tmp_path):
+    from rlsd.testbed import generate_split, wrong_answer
+
+    problem = generate_split("test", 1)[0]
+    cfg = make_config("smoke", ["teacher_reference=wrong_answer"])
+    assert T.reference_text(problem, cfg) == wrong_answer(problem) != problem.answer
+    assert T.reference_text(problem, make_config("smoke")) == problem.answer
+    with pytest.raises(ValueError, match="teacher_reference"):
+        make_config("smoke", ["teacher_reference=wrong_answer", f"data={tmp_path / 'rows.jsonl'}"])
