@@ -126,8 +126,8 @@ from IPython.display import Markdown, display  # noqa: E402
 from rlsd import runs as R  # noqa: E402
 from rlsd.config import SHIPPED_TINY  # noqa: E402
 import rlsd.claims as C  # noqa: E402
-from rlsd.plots import (KL_PANEL, LEAKAGE_METHODS, Panel, leakage_figure, left_out_note, plot_panels,  # noqa: E402
-                        save_figure)
+from rlsd.plots import (KL_PANEL, LEAKAGE_METHODS, Panel, leakage_figure, leakage_panels, left_out_note,  # noqa: E402
+                        plot_panels, save_figure)
 from rlsd.testbed import load_splits, mentions_reference  # noqa: E402
 
 SMOKE_METHODS = ("grpo", "opsd", "opsd_online")  # CI: the control, the fixed teacher and the online teacher
@@ -201,7 +201,7 @@ if HAVE_LOGS:
         configs[name] = json.loads((LOGS / f"{name}-s{seed}" / "config.json").read_text())
         cfg = configs[name]
         evals = [r["step"] for r in per_seed[seed]["eval"]]
-        print(f"{label(name):14s} seeds {sorted(per_seed)}  steps {cfg['steps']}  lr {cfg['lr']:g}  "
+        print(f"{label(name):16s} seeds {sorted(per_seed)}  steps {cfg['steps']}  lr {cfg['lr']:g}  "
               f"test evaluations at steps {evals} on {cfg['eval_problems']} problems")
     TOTAL_STEPS = max(c["steps"] for c in configs.values())
     N_ITEMS = next(iter(configs.values()))["eval_problems"]
@@ -323,13 +323,13 @@ if HAVE_LOGS:
 KL_METHODS = [m for m in ("rlsd", "rlsd_const", "opsd", "opsd_online", "grpo_opsd", "sdpo") if m in runs]
 if HAVE_LOGS and KL_METHODS:
     fig = plot_panels(runs, [KL_PANEL], "Teacher-student KL during training", smooth=10, methods=KL_METHODS,
-                      ncols=1, panel_size=(5.0, 3.4))
+                      ncols=1, panel_size=(6.4, 3.6))
     save(fig, "02_teacher_kl")
     display(fig)
     for m in KL_METHODS:
         head = R.window_mean(runs[m], "kl_student_teacher", 0.1, first=True)
         tail = R.window_mean(runs[m], "kl_student_teacher", 0.1)
-        print(f"{label(m):14s} KL(student || teacher), mean over the first 10% of steps "
+        print(f"{label(m):16s} KL(student || teacher), mean over the first 10% of steps "
               f"{R.format_spread(head, scale=1, digits=4)}; "
               f"over the last 10% {R.format_spread(tail, scale=1, digits=4)}")
 
@@ -346,15 +346,15 @@ if HAVE_LOGS and KL_METHODS:
 TRILEMMA_METHODS = [m for m in ("opsd", "opsd_online", "grpo") if m in runs]
 if HAVE_LOGS and any(m in runs for m in ("opsd", "opsd_online")):
     fig = plot_panels(runs, [Panel("eval", "accuracy", "test accuracy (student prompt)", "accuracy, %", 100),
-                             Panel("eval", "mention_prob", "P(response opens with the mention)", "probability, %", 100),
+                             leakage_panels(base)[2],
                              Panel("metrics", "reward_mean", "training reward (rollout accuracy)", "% correct", 100)],
-                      "Fixed vs online teacher", smooth=10,
+                      "Fixed vs online teacher", smooth=10, eval_items=N_ITEMS,
                       methods=TRILEMMA_METHODS, ncols=3)
     save(fig, "02_trilemma")
     display(fig)
     for m in TRILEMMA_METHODS:
         pf = R.peak_and_final(runs[m], "accuracy")
-        print(f"{label(m):14s} test accuracy: step {pf['first_step']} {pct(pf['first'])} -> peak {pct(pf['peak'])} "
+        print(f"{label(m):16s} test accuracy: step {pf['first_step']} {pct(pf['first'])} -> peak {pct(pf['peak'])} "
               f"at step {pf['peak_step']} -> final {pct(pf['final'])} ± {pct(pf['final_std'])} at step "
               f"{pf['final_step']} (n={pf['n']})")
 
@@ -376,7 +376,7 @@ if HAVE_LOGS:
     problems = {p.id: p for p in load_splits(n_train=0, n_val=None, n_test=n_test)[2]} if n_test else {}
     for m in runs:
         leaked, total = R.sample_rate(runs, m, mentions_reference)
-        print(f"{label(m):14s} decoded samples that mention a reference: {leaked} of {total}")
+        print(f"{label(m):16s} decoded samples that mention a reference: {leaked} of {total}")
     if not examples:
         print("\nNo decoded sample of a distillation run mentions a reference; nothing to show.")
     for e in examples:

@@ -181,7 +181,7 @@ HAVE_LOGS = bool(runs)
 if HAVE_LOGS:
     for name, per_seed in runs.items():
         cfg = json.loads((LOGS / f"{name}-s{min(per_seed)}" / "config.json").read_text())
-        print(f"{label(name):14s} seeds {sorted(per_seed)}  steps {cfg['steps']}  "
+        print(f"{label(name):16s} seeds {sorted(per_seed)}  steps {cfg['steps']}  "
               f"{cfg['prompts_per_step']} prompts x {cfg['group_size']} samples  lr {cfg['lr']:g}  "
               f"lambda0 {cfg['rlsd_lam0']} over {cfg['rlsd_decay_steps']} steps  "
               f"test set {cfg['eval_problems']} problems every {cfg['eval_every']} steps")
@@ -283,11 +283,6 @@ if HAVE_LOGS:
 # and notebook 02 §5 its leakage, OPSD and trilemma rows. Nothing here is typed by hand.
 
 # %%
-def effective(row):
-    """The verdict under the revised criterion (the declared one where it was not revised)."""
-    return row["declared"] if row["revised"] == "= declared" else row["revised"]
-
-
 def tally(verdicts):
     words = [v.split()[0].strip(",;:") if v else "" for v in verdicts]
     yes, no = words.count("yes"), words.count("no")
@@ -300,9 +295,10 @@ if SUMMARY is not None:
                          else None)
     display(Markdown(C.claims_markdown(claim_rows)))
     changed = [r["claim"] for r in claim_rows if r["revised"] != "= declared" and r["declared"] != "not declared"
-               and effective(r) != r["declared"]]
+               and C.final_verdict(r) != r["declared"]]
     print(f"On the `{PROFILE}` logs, {len(claim_rows)} claims. As declared ({C.DECLARED_COMMIT}): "
-          f"{tally(r['declared'] for r in claim_rows)}. Revised, post hoc: {tally(effective(r) for r in claim_rows)}.")
+          f"{tally(r['declared'] for r in claim_rows)}. "
+          f"Revised, post hoc: {tally(C.final_verdict(r) for r in claim_rows)}.")
     print(f"Verdicts the post hoc revision changed ({len(changed)}): " + ("; ".join(changed) or "none"))
 
 # %% [markdown]

@@ -210,14 +210,10 @@ def plot_panels(runs: dict, panels: list, title: str = "", smooth: int = 1, meth
     if lambda_drawn:
         handles.append(Line2D([], [], color="black", linestyle=":",
                               label=f"{label(LAMBDA_RUN)}: λ reaches 0 (step {lambda_zero_step})"))
-    if handles:
-        if ncols == 1:  # a single column is too narrow for a row of keys
-            fig.legend(handles=handles, loc="outside right upper", ncols=1, fontsize=8.5)
-        else:
-            fig.legend(handles=handles, loc="outside lower center", fontsize=9,
-                       ncols=max(1, min(len(handles), int(width / 3.0))))
-    _caption(fig, title, _smoothing_note(panels, smooth, eval_items) + (f" {note}" if note else ""),
-             width + (3.2 if ncols == 1 else 0.0))
+    if handles:  # keys in as many columns as the figure's width holds (about 3 inches each): none is cut off
+        fig.legend(handles=handles, loc="outside lower center", fontsize=9,
+                   ncols=max(1, min(len(handles), int(width / 3.0))))
+    _caption(fig, title, _smoothing_note(panels, smooth, eval_items) + (f" {note}" if note else ""), width)
     return fig
 
 
