@@ -197,6 +197,12 @@ def plot_panels(runs: dict, panels: list, title: str = "", smooth: int = 1, meth
         if not drawn:
             ax.text(0.5, 0.5, f"`{panel.key}` not in these logs", ha="center", va="center", transform=ax.transAxes,
                     fontsize=9, color="0.4")
+        elif panel.kind != "paired":  # runs whose logs predate the metric: named, not silently missing
+            absent = [m for m in methods if m in runs and m not in drawn
+                      and (panel.methods is None or m in panel.methods)]
+            if absent:
+                ax.text(0.98, 0.97, "not logged by: " + ", ".join(label(m) for m in absent),
+                        transform=ax.transAxes, ha="right", va="top", fontsize=7.5, color="0.25")
         if lambda_zero_step and LAMBDA_RUN in drawn:
             ax.axvline(lambda_zero_step, color="black", linestyle=":", linewidth=0.9)
             lambda_drawn = True
