@@ -309,6 +309,9 @@ if HAVE_LOGS:
             "first 10% of steps": R.format_spread(R.window_mean(runs[m], "rollout_leak_rate", 0.1, first=True)),
             "last 10% of steps": R.format_spread(R.window_mean(runs[m], "rollout_leak_rate", 0.1)),
             "peak 10-step mean": R.format_spread(rollout_peak(runs[m]))} for m in logged])))
+        missing = [label(m) for m in LEAK_METHODS if m not in logged]
+        if missing:
+            print("not logged by (their logs predate the metric): " + ", ".join(missing))
     else:
         print("These logs predate `rollout_leak_rate` (the trainer logs it since the leakage revision): no rows.")
 
