@@ -210,7 +210,7 @@ def cmd_benchmark(args):
             model=args.model, adapter=args.adapter, benchmarks=parse_benchmarks(args.benchmarks), limit=args.limit,
             data_dir=args.data_dir, out=args.out, cache_dir=args.cache_dir, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, max_pixels=args.max_pixels, seed=args.seed, device=args.device,
-            dtype=args.dtype, label=args.label, progress=not args.no_progress)
+            dtype=args.dtype, load_in_4bit=args.load_in_4bit, label=args.label, progress=not args.no_progress)
         result = run_benchmarks(cfg)
     except (BenchmarkDataError, BenchmarkFormatError, BenchmarkRunError) as error:
         print(f"rlsd benchmark: error: {error}", file=sys.stderr)  # one line, no traceback: a user-facing problem
@@ -319,6 +319,8 @@ def main(argv=None):
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="default: bfloat16 (float16 on GPUs without bf16) on a GPU, float32 on CPU")
+    p.add_argument("--load-in-4bit", action="store_true",
+                   help="load the base in NF4 (bitsandbytes), as the GPU training profiles do (8B on a T4/L4)")
     p.add_argument("--label", default=None, help="row name in the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -347,8 +349,9 @@ def _is_user_error(e: BaseException) -> bool:
     """Errors that describe the user's input (a file, a path, a config value), as opposed to bugs."""
     from rlsd.checkpoint import CheckpointError
     from rlsd.data import DataError
+    from rlsd.preflight import PreflightError
 
-    if isinstance(e, (DataError, CheckpointError, OSError, FloatingPointError)):
+    if isinstance(e, (DataError, CheckpointError, PreflightError, OSError, FloatingPointError)):
         return True
     return type(e) is ValueError  # config validation raises plain ValueError naming the field
 

@@ -59,6 +59,9 @@ class TrainConfig:
     """Rollout nucleus mass (paper: 1.0)."""
     engine: str = "hf"
     """Rollout engine: 'hf' (transformers generate) or 'vllm' (GPU, falls back to hf if vLLM is missing)."""
+    device: str = "auto"
+    """'auto' (CUDA when visible, else CPU), 'cuda' (refused at start when no CUDA device is visible; the GPU
+    profiles set it) or 'cpu' (run on the CPU even where a profile asks for CUDA)."""
     micro_batch_size: int = 64
     """Sequences per forward/backward micro-batch of the update (student forwards, and the teacher forwards of the
     methods that need its full-vocabulary logits: opsd, grpo_opsd, sdpo)."""
@@ -154,6 +157,9 @@ class TrainConfig:
     log_drift_grad: bool = False
     """RLSD: also take the gradient of the drift term Â_t - A alone each step (one extra backward, the update is
     unchanged) and log its norm, share and projection on the policy gradient (single process only)."""
+    stop_after_zero_variance_steps: int = 0
+    """Stop the run (checkpoint saved, one line printed) after this many consecutive steps in which every group's
+    rewards were equal: zero advantages, so loss and gradient are 0 and nothing is learned (0: never stop)."""
 
     def validate(self) -> "TrainConfig":
         """Fail at start, naming the field, on values that would fail (or silently mislead) later."""
@@ -186,14 +192,20 @@ class TrainConfig:
             bad("model.load_in_4bit", "needs model.lora_rank > 0 (4-bit weights cannot be trained)")
         if self.model.dtype not in ("float32", "bfloat16", "float16"):
             bad("model.dtype", f"must be float32, bfloat16 or float16, got {self.model.dtype!r}")
+        if self.model.dtype == "float16" and self.model.lora_rank == 0:
+            bad("model.dtype", "float16 needs model.lora_rank > 0: full fine-tuning keeps fp16 weights and AdamW "
+                "states, which overflow or underflow within a few steps (use bfloat16, float32, or LoRA)")
+        if self.device not in ("auto", "cuda", "cpu"):
+            bad("device", f"must be 'auto', 'cuda' or 'cpu', got {self.device!r}")
         for name in ("steps", "prompts_per_step", "max_new_tokens", "micro_batch_size", "eval_problems",
                      "eval_max_new_tokens", "teacher_sync_every"):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2 and self.method in ("grpo", "rlsd", "grpo_opsd", "sdpo"):
             bad("group_size", f"must be >= 2 for group advantages, got {self.group_size}")
-        for name in ("eval_every", "eval_dense_every", "eval_dense_until", "save_every", "samples_per_eval", "rlsd_decay_steps", "warmup_steps",
-                     "rollout_batch_size", "score_batch_size"):
+        for name in ("eval_every", "eval_dense_every", "eval_dense_until", "save_every", "samples_per_eval",
+                     "rlsd_decay_steps", "warmup_steps", "rollout_batch_size", "score_batch_size",
+                     "stop_after_zero_variance_steps"):
             if getattr(self, name) < 0:
                 bad(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 < self.lr <= 1:
@@ -312,14 +324,21 @@ MODEL_IDS = {"2b": "Qwen/Qwen3-VL-2B-Instruct", "8b": "Qwen/Qwen3-VL-8B-Instruct
 HUB_TRAIN_SET = "hf:iieycx/rlsd-train-MMFineReason-123K"
 
 
+GPU_PROFILE_STEPS = 100
+
+
 def gpu_profile(size: str, gpu: str) -> dict:
+    """A GPU profile. CUDA required (device=cpu to override); the training set is steps x prompts rows (what the
+    run reads; the 20,000-row default would fetch and check 12-50x more rows before step 1); a run whose every group
+    has equal rewards for 10 steps in a row stops (a set too hard for the response budget learns nothing)."""
     rank, nf4, prompts, new_tokens, micro, rollout, score = GPU_SETTINGS[(size, gpu)]
     _, dtype, engine = GPU_CLASSES[gpu]
-    return dict(model=dict(path=MODEL_IDS[size], lora_rank=rank, lora_alpha=2 * rank, load_in_4bit=nf4, dtype=dtype,
+    return dict(device="cuda", n_train_problems=GPU_PROFILE_STEPS * prompts, stop_after_zero_variance_steps=10,
+                model=dict(path=MODEL_IDS[size], lora_rank=rank, lora_alpha=2 * rank, load_in_4bit=nf4, dtype=dtype,
                            gradient_checkpointing=True, min_pixels=262_144, max_pixels=1_048_576),
-                data=HUB_TRAIN_SET, steps=100, prompts_per_step=prompts, group_size=8, max_new_tokens=new_tokens,
-                micro_batch_size=micro, rollout_batch_size=rollout, score_batch_size=score, lr=1e-5,
-                rlsd_decay_steps=50, eval_every=25, eval_problems=200, eval_max_new_tokens=new_tokens, engine=engine)
+                data=HUB_TRAIN_SET, steps=GPU_PROFILE_STEPS, prompts_per_step=prompts, group_size=8,
+                max_new_tokens=new_tokens, micro_batch_size=micro, rollout_batch_size=rollout, score_batch_size=score,
+                lr=1e-5, rlsd_decay_steps=50, eval_every=25, eval_problems=200, eval_max_new_tokens=new_tokens, engine=engine)
 
 
 PROFILES.update({f"qwen3vl-{size}-{gpu}": gpu_profile(size, gpu) for size, gpu in GPU_SETTINGS})
@@ -407,7 +426,8 @@ def make_config(profile: str = "cpu", overrides: list[str] | dict | None = None,
 # Fields a resumed run may change: where it writes, how long it runs, how often it logs, and how it batches work
 # (micro-batch sizes and the rollout's KV cache change float summation order only). Every other field changes what
 # is computed.
-RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "eval_dense_every", "eval_dense_until", "samples_per_eval", "tensorboard", "log_drift_grad",
+RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "eval_dense_every", "eval_dense_until",
+                     "samples_per_eval", "tensorboard", "log_drift_grad", "device", "stop_after_zero_variance_steps",
                      "micro_batch_size", "rollout_batch_size", "score_batch_size", "rollout_cache", "rollout_compile"}
 
 

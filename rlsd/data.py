@@ -30,7 +30,8 @@ that read them: the upstream `OpenDataArena/MMFineReason-SFT-123K-Qwen3-VL-235B-
 `answer_key=answer`, `image_key=images`, the 235B response as the teacher trajectory, and `problem_type`/`options`
 in its prompt template. Whether that release stores its images inline (a `datasets.Image` list) or as files named
 by path was not visible; both work: paths are read relative to a local directory, or fetched from the hub
-repository with `huggingface_hub` when first read.
+repository with `huggingface_hub`: the files of every row the run will use in ONE `snapshot_download` before the
+images are checked (parallel, resumable, cached), any further one when first read.
 
 Errors and bad rows:
 - a local file is checked completely at load: encoding (UTF-8), JSON, every field's type, duplicate ids, and the
@@ -457,6 +458,8 @@ class _HubRows:
         self.text_columns = [c for c in self.ds.column_names if c not in self.image_columns]
         local = Path(spec.path)
         self.base = local if local.is_dir() else None
+        self.snapshot: Path | None = None
+        """Local copy of the repository files `prefetch` fetched."""
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -480,10 +483,46 @@ class _HubRows:
             return read
         return source
 
+    def image_paths(self, i: int) -> list[str]:
+        """The repository-relative image paths row i names (none when its images are inline bytes)."""
+        paths = []
+        for column in COLUMNS["images"] + COLUMNS["image"]:
+            if column not in self.ds.column_names:
+                continue
+            table = self.image_arrow if column in self.image_columns else self.arrow
+            value = table[i].column(column)[0].as_py()
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, dict):
+                    v = None if v.get("bytes") is not None else v.get("path")
+                if isinstance(v, str) and v.strip() and not Path(v).is_absolute():
+                    paths.append(v)
+        return paths
+
+    def prefetch(self, rows: list[int]) -> int:
+        """Fetch the image files that `rows` name from the hub repository in one `snapshot_download` (instead of
+        one request per image while checking them); returns how many. Nothing to do for a local directory."""
+        if self.base is not None:
+            return 0
+        paths = sorted({p for i in rows for p in self.image_paths(i)})
+        if not paths:
+            return 0
+        from huggingface_hub import snapshot_download
+
+        log.info("%s: fetching the %d image files of %d rows in one download", self.spec, len(paths), len(rows))
+        try:
+            self.snapshot = Path(snapshot_download(repo_id=self.spec.path, repo_type="dataset",
+                                                   allow_patterns=paths))
+        except Exception as e:
+            raise DataError(f"{self.spec}: cannot fetch the {len(paths)} image files of the rows in use: "
+                            f"{type(e).__name__}: {_one_line(e)}") from e
+        return len(paths)
+
     def resolve(self, path: str):
         """An image path string from the dataset: relative to a local directory, or a file of the hub repository."""
         if Path(path).is_absolute() or self.base is not None:
             return Path(path) if Path(path).is_absolute() else self.base / path
+        if self.snapshot is not None and (self.snapshot / path).is_file():
+            return self.snapshot / path
         repo, rel = self.spec.path, path
 
         def download():
@@ -534,6 +573,8 @@ def _scan_hub(spec: HubSpec, n_needed: int, seed: int, max_bad_fraction: float) 
         raise DataError(f"{spec}: the dataset has no rows")
     order = list(range(len(rows)))
     random.Random(f"data-split:{seed}").shuffle(order)
+    # The rows the scan will read if few are bad: their image files in one download (later ones: one by one).
+    rows.prefetch(order[:n_needed + math.ceil(max_bad_fraction * len(rows))])
     problems, first_row = [], {}
     for i in order:
         if len(problems) >= n_needed:

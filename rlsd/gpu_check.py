@@ -23,6 +23,12 @@ copy: `python -m rlsd train --profile qwen3vl-2b` is the same code with `model.p
 
 Results go to `<out>/gpu_check.json`, rewritten after every stage, so a run cut short still reports what it did.
 `--arch tiny` runs the same stages on the CPU in seconds (the test of this script).
+
+`--device cpu` is the CPU rehearsal at the real dimensions (`--arch 2b --device cpu`): the same model shapes, NF4
+base through bitsandbytes' CPU path, the LoRA targets, chunked scoring over the 151,936-entry vocabulary, the
+gradient-checkpointed update with shared prompts, and a resume -- on a tiny batch (`CPU_REHEARSAL`: 1 prompt x 2
+samples, images of at most 65,536 pixels), stages `lora_grads` and `train_resume` only. It reports the process's peak
+resident memory after each stage beside `rlsd.memory`'s weight estimate (`memory` in the JSON). Not part of pytest.
 """
 
 from __future__ import annotations
@@ -131,6 +137,17 @@ ARCHS = {
                deepstack=(8, 16, 24), vision_positions=2304),
 }
 PROFILE_OF_ARCH = {"tiny": "smoke", "2b": "qwen3vl-2b", "8b": "qwen3vl-8b"}
+CPU_REHEARSAL = ["prompts_per_step=1", "group_size=2", "micro_batch_size=2", "rollout_batch_size=0",
+                 "score_batch_size=0", "model.min_pixels=16384", "model.max_pixels=65536", "device=cpu"]
+"""The CPU rehearsal's batch: real shapes, a batch a 2-core machine finishes in minutes."""
+CPU_STAGES = ("lora_grads", "train_resume")
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def environment() -> dict:
@@ -148,6 +165,11 @@ def environment() -> dict:
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
         env["gpu_mem_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    import os
+
+    env["cpu_cores"] = os.cpu_count()
+    env["torch_threads"] = torch.get_num_threads()
+    env["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]  # a shared machine runs slower
     return env
 
 
@@ -161,20 +183,26 @@ def arch_processor(arch: str, work: Path):
     return load_processor(qwen_files_dir(Path(work) / "qwen3vl-files"))
 
 
-def build_model(arch: str, path: Path) -> dict:
-    """Save a random model of `arch`'s shape (bf16, built on the GPU when there is one): the tiny model with its
-    tokenizer, the released shapes with Qwen's tokenizer and processor files."""
+def build_model(arch: str, path: Path, use_cuda: bool | None = None) -> dict:
+    """Save a random model of `arch`'s shape (bf16, built on the GPU when there is one and `use_cuda` allows): the
+    tiny model with its tokenizer, the released shapes with Qwen's tokenizer and processor files. The released
+    shapes are built in bf16 on the CPU too (half the memory of float32: 2B is 4.6 GB)."""
     from safetensors import safe_open
 
     from rlsd.tiny import build_tiny_model, save_tiny
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if use_cuda is None else use_cuda and torch.cuda.is_available()
     device, dtype = ("cuda" if cuda else None), (torch.bfloat16 if cuda else None)
     processor = arch_processor(arch, Path(path).parent)
     if processor is None:
         save_tiny(path, seed=0, device=device, dtype=dtype, **ARCHS[arch])
     else:
-        model = build_tiny_model(processor.tokenizer, seed=0, device=device, dtype=dtype, **ARCHS[arch])
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: no float32 copy of a 2B model in RAM
+        try:
+            model = build_tiny_model(processor.tokenizer, seed=0, device=device, **ARCHS[arch])
+        finally:
+            torch.set_default_dtype(default)
         model.save_pretrained(path)
         processor.save_pretrained(path)
         del model
@@ -187,14 +215,34 @@ def build_model(arch: str, path: Path) -> dict:
     return {"parameters": n_params}
 
 
-def overrides_for(arch: str, model_dir: Path, max_new_tokens: int) -> list[str]:
+def overrides_for(arch: str, model_dir: Path, max_new_tokens: int, device: str = "auto") -> list[str]:
     base = [f"model.path={model_dir}", "data=testbed", "engine=hf", "eval_every=0", "tensorboard=false",
             f"max_new_tokens={max_new_tokens}", "n_train_problems=200"]
     if arch == "tiny":  # the smoke profile is full-parameter; take the GPU profiles' model path instead
-        return base + ["model.lora_rank=8", "model.load_in_4bit=true", "model.gradient_checkpointing=true"]
+        return base + ["model.lora_rank=8", "model.load_in_4bit=true", "model.gradient_checkpointing=true"] + (
+            ["device=cpu"] if device == "cpu" else [])
+    if device == "cpu":
+        return base + CPU_REHEARSAL
     # A big GPU: whole-batch generation and teacher pass; update micro-batches of 8 (activations with a backward).
     return base + ["prompts_per_step=8", "group_size=8", "micro_batch_size=8", "rollout_batch_size=0",
                    "score_batch_size=0"]
+
+
+def weights_estimate(arch: str, profile: str, overrides: list[str]) -> dict:
+    """`rlsd.memory`'s weight term for this run's model (the random model's embeddings are untied, and the CPU
+    rehearsal's compute dtype sets the bytes of the unquantized parts), to read beside the measured peak RSS."""
+    from rlsd.config import make_config
+    from rlsd.memory import SHAPES, weights_gib
+
+    if arch not in SHAPES:
+        return {}
+    cfg = make_config(profile, overrides, method="rlsd")
+    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.model.dtype]
+    return {"weights_estimate_gib": round(weights_gib(SHAPES[arch], cfg.model.load_in_4bit, tied=False,
+                                                      dtype_bytes=dtype_bytes), 2),
+            "dtype": cfg.model.dtype, "load_in_4bit": cfg.model.load_in_4bit,
+            "note": "peak RSS also holds the Python runtime, torch, the tokenizer and the (small) batch's "
+                    "activations; the NF4 load quantises layer by layer from the bf16 checkpoint"}
 
 
 def lora_gradient_check(profile: str, overrides: list[str], out: Path) -> dict:
@@ -353,6 +401,8 @@ def train_resume_check(profile: str, overrides: list[str], out: Path) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=tuple(ARCHS), default="2b")
+    parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
+                        help="cpu: the CPU rehearsal (tiny batch, stages lora_grads and train_resume, peak RSS)")
     parser.add_argument("--out", default="gpu-check")
     parser.add_argument("--work-dir", default="/tmp/rlsd-gpu-check", help="random model and run checkpoints")
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -369,7 +419,9 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"arch": args.arch, "profile": PROFILE_OF_ARCH[args.arch], "max_new_tokens": args.max_new_tokens}
+    report: dict = {"arch": args.arch, "profile": PROFILE_OF_ARCH[args.arch], "max_new_tokens": args.max_new_tokens,
+                    "device": args.device}
+    cpu = args.device == "cpu"
 
     def stage(name, fn, *a):
         t0 = time.perf_counter()
@@ -378,16 +430,23 @@ def main(argv=None) -> dict:
         except Exception as err:  # noqa: BLE001 -- a failed stage is a result; the next stages still run
             report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
         report[name + "_s"] = round(time.perf_counter() - t0, 1)
+        if cpu:
+            report.setdefault("memory", {}).setdefault("peak_rss_gib_after", {})[name] = round(peak_rss_gib(), 2)
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
         print(f"[{time.perf_counter() - t_start:6.0f}s] {name}: {json.dumps(report[name], default=str)[:600]}",
               flush=True)
 
     work = Path(args.work_dir)
     model_dir = work / f"qwen3vl-{args.arch}-random"
-    profile, overrides = report["profile"], overrides_for(args.arch, model_dir, args.max_new_tokens)
+    profile, overrides = report["profile"], overrides_for(args.arch, model_dir, args.max_new_tokens, args.device)
+    if cpu:
+        report["overrides"] = overrides
     stage("environment", environment)
-    stage("build", build_model, args.arch, model_dir)
+    stage("build", build_model, args.arch, model_dir, not cpu)
     skip = set(filter(None, args.skip.split(",")))
+    if cpu:
+        skip |= {"rollouts", "bench"} - set(CPU_STAGES)
+        report["memory"].update(weights_estimate(args.arch, profile, overrides))
     if "lora_grads" not in skip:
         stage("lora_grads", lora_gradient_check, profile, overrides, work / "grads")
     if "rollouts" not in skip:
@@ -396,11 +455,14 @@ def main(argv=None) -> dict:
         stage("bench", run_bench, profile, overrides, args.repeats, ("grpo", "rlsd"), True)
     if "train_resume" not in skip:
         stage("train_resume", train_resume_check, profile, overrides, work / "run")
-    if time.perf_counter() - t_start < args.budget_s:
+    if not cpu and time.perf_counter() - t_start < args.budget_s:
         stage("bench_distillation", run_bench, profile, overrides, max(1, args.repeats - 1), ("opsd", "sdpo"))
     report["ok"] = all(report.get(k, {}).get("ok", True) is not False for k in
                        ("build", "lora_grads", "rollouts", "bench", "train_resume", "bench_distillation"))
     report["total_s"] = round(time.perf_counter() - t_start, 1)
+    import os
+
+    report["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({"ok": report["ok"], "total_s": report["total_s"]}))
     return report

@@ -211,11 +211,13 @@ def disable_cpu_bf16_repacking(model) -> int:
     return n
 
 
-def load_policy(spec: ModelSpec, device: str | torch.device | None = None):
-    """Load (model, processor) as `spec` says. The model is in train mode, trainable params set."""
+def load_policy(spec: ModelSpec, device: str | torch.device | None = None, trainable: bool = True):
+    """Load (model, processor) as `spec` says. The model is in train mode, trainable params set.
+
+    `trainable=False` (evaluation: benchmarks): a 4-bit base needs no LoRA, and no parameter requires a gradient."""
     from transformers import Qwen3VLForConditionalGeneration
 
-    if spec.load_in_4bit and spec.lora_rank <= 0:
+    if spec.load_in_4bit and spec.lora_rank <= 0 and trainable:
         raise ValueError("ModelSpec.load_in_4bit needs ModelSpec.lora_rank > 0 (4-bit weights cannot be trained)")
     check_extra(spec.extra)
     dtype_name = resolve_dtype(spec.dtype, device)
@@ -249,6 +251,10 @@ def load_policy(spec: ModelSpec, device: str | torch.device | None = None):
     if spec.freeze_vision:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
+    if not trainable:
+        model.requires_grad_(False)
+        model.eval()
+        return model, processor
     if spec.lora_rank > 0:
         model = add_lora(model, spec)
     elif spec.gradient_checkpointing:

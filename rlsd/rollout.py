@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache, LogitsProcessorList, StaticCache
 
 from rlsd import scoring
 from rlsd.inputs import PromptBatch, row_chunks
+from rlsd.precision import FiniteLogits
 from rlsd.scoring import group_rows, hf_model, no_logits
 
 CACHES = ("dynamic", "static")
@@ -166,6 +167,8 @@ def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_
         pad_token_id=pad_id,
         use_cache=True,
         disable_compile=not compile,
+        # NaN/+inf scores would make multinomial raise a device-side assert (CUDA runtime lost): one line instead.
+        logits_processor=LogitsProcessorList([FiniteLogits(str(getattr(model, "dtype", "")).replace("torch.", ""))]),
         **NEUTRAL_GENERATION,
     )
     if sampling.temperature > 0:

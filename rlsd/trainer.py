@@ -50,11 +50,13 @@ from tqdm.auto import tqdm
 
 from rlsd import algorithm as alg
 from rlsd import checkpoint as ckpt
+from rlsd import preflight
 from rlsd.config import TrainConfig, resume_conflicts
 from rlsd.data import Problem, load_train_and_eval
 from rlsd.evaluate import evaluate
 from rlsd.inputs import PromptBatch, encode_prompts, row_chunks
 from rlsd.model import load_policy
+from rlsd.precision import LossScale
 from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
 from rlsd.scoring import TokenScores, score_responses, suppress_mask, suppressed_token_ids
@@ -258,6 +260,7 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg.validate()
+        preflight.check(self.cfg, preflight.visible_device())  # what this machine cannot run: before any download
         self.out = Path(cfg.out)
         # Before anything heavy loads or anything is written: the run directory must be usable, and a checkpoint
         # in it must be loadable (weights_only) and written by this same configuration.
@@ -273,7 +276,7 @@ class Trainer:
                                  f"({'; '.join(conflicts)}); resume with the same values or choose another --out")
         # The data next (seconds; a bad row or an offline hub id is reported before the model loads).
         self.train_problems, self.test_problems = load_training_problems(cfg)
-        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
         if cfg.log_drift_grad and self.acc.num_processes > 1:
             raise ValueError("TrainConfig.log_drift_grad works in a single process only (it takes a second gradient "
                              "outside DDP's reducer)")
@@ -302,9 +305,17 @@ class Trainer:
         self.engine = self._make_engine()
         self.step = 0
         self.skipped_steps = 0
+        self.loss_scale = LossScale.for_dtype(cfg.model.dtype)  # fp16: gradients would underflow unscaled
+        self.zero_variance_steps = 0  # consecutive steps whose every group had equal rewards
         self.writer = None
 
     # -------------------------------------------------------------------------------------------- set-up
+
+    def close(self):
+        """Shut the vLLM engine down (its GPU memory and worker process); HF generate holds nothing to close."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     def _make_engine(self):
         if self.cfg.engine == "vllm":
@@ -456,7 +467,7 @@ class Trainer:
                                         allow_unused=True)
                 g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
                 drift_grads = g if drift_grads is None else [a + b for a, b in zip(drift_grads, g)]
-            self.acc.backward(loss_sum * scale)
+            self.acc.backward(loss_sum * (scale * self.loss_scale.scale))
             mask_f = mask_BT.float()
             stats["loss_sum"] += float(loss_sum.detach())
             stats["entropy_sum"] += float((s.entropy_BT.detach() * mask_f).sum())
@@ -467,7 +478,8 @@ class Trainer:
                 stats["kl_teacher_sum"] += float((-delta_BT).sum())
             stats["student_s"] += clock() - t1
 
-        if drift_grads is not None:  # before clipping: the drift's share of the raw policy gradient
+        self.loss_scale.unscale_(params)
+        if drift_grads is not None:  # before clipping: the drift's share of the raw (unscaled) policy gradient
             stats.update(drift_gradient_stats(drift_grads, [p.grad for p in params]))
         grad_norm = self.acc.clip_grad_norm_(params, cfg.grad_clip)
         # Checked AFTER clipping, on the gradients that would be applied, and agreed by every process.
@@ -488,6 +500,7 @@ class Trainer:
                     f"last good state")
         else:
             self.skipped_steps += 1  # never apply a non-finite update
+        self.loss_scale.update(finite)
         self.optimizer.zero_grad(set_to_none=True)
         stats.update(lr=self.optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm), lam=lam, finite=finite,
                      local_tokens=float(local_tokens))
@@ -524,6 +537,8 @@ class Trainer:
                     records.append(self.run_eval())
                 if cfg.save_every and (self.step % cfg.save_every == 0 or self.step == cfg.steps):
                     self.save_checkpoint()
+                if self.stalled(record):
+                    break
         if self.writer is not None:
             self.writer.flush()
         return records
@@ -533,6 +548,22 @@ class Trainer:
         cfg, k = self.cfg, self.step
         dense = cfg.eval_dense_every and k <= cfg.eval_dense_until and k % cfg.eval_dense_every == 0
         return bool(cfg.eval_every and (k % cfg.eval_every == 0 or k == cfg.steps) or dense)
+
+    def stalled(self, record: dict) -> bool:
+        """True (checkpoint saved, one line printed) after `stop_after_zero_variance_steps` consecutive steps whose
+        every group had equal rewards: zero advantages, a zero loss and gradient -- the run learns nothing."""
+        n = self.cfg.stop_after_zero_variance_steps
+        self.zero_variance_steps = record["zero_variance_steps"]
+        if not n or self.zero_variance_steps < n:
+            return False
+        if self.cfg.save_every and self.step % self.cfg.save_every:
+            self.save_checkpoint()  # not just written by the loop
+        if self.acc.is_main_process:
+            print(f"stopped at step {self.step}: every group's rewards were equal for {n} consecutive steps "
+                  f"(reward_mean {record['reward_mean']:.2f}: zero advantages, nothing to learn); the data is too "
+                  f"hard (or too easy) for max_new_tokens={self.cfg.max_new_tokens} -- raise it, use easier data, "
+                  f"or set stop_after_zero_variance_steps=0", flush=True)
+        return True
 
     def step_record(self, batch: StepBatch, stats: dict, rollout_s: float, update_s: float) -> dict:
         cfg, G = self.cfg, self.cfg.group_size
@@ -558,7 +589,8 @@ class Trainer:
             "step": self.step, "method": cfg.method, "seed": cfg.seed,
             "reward_mean": r_sum / n, "accuracy": r_sum / n,
             "entropy": ent / max(tokens, 1), "response_tokens_mean": tokens / n, "truncated_frac": trunc / n,
-            "zero_std_group_frac": zero_std / groups, "lambda": stats["lam"],
+            "zero_std_group_frac": zero_std / groups, "zero_variance_steps": self.zero_variance_steps + 1 if
+            zero_std == groups else 0, "lambda": stats["lam"],
             "weight_clip_low_frac": clo / wtok if wtok else 0.0, "weight_clip_high_frac": chi / wtok if wtok else 0.0,
             # the authors' convention: clipped tokens over ALL response tokens (ours: over tokens with A != 0)
             "weight_clip_frac_all_tokens": (clo + chi) / max(tokens, 1),
@@ -571,7 +603,7 @@ class Trainer:
             "drift_adv_share": drift_abs / adv_abs if adv_abs else 0.0,
             **{k: stats[k] for k in ("drift_grad_norm", "drift_grad_share", "drift_grad_projection") if k in stats},
             "grad_norm": stats["grad_norm"], "lr": stats["lr"], "skipped": not stats["finite"],
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self.skipped_steps, "loss_scale": self.loss_scale.scale,
             "time_rollout_s": rollout_s, "time_teacher_s": stats["teacher_s"],
             "time_update_s": update_s - stats["teacher_s"], "peak_mem_mb": peak_mb,
         }
@@ -625,6 +657,8 @@ class Trainer:
         return {
             "step": self.step,
             "skipped_steps": self.skipped_steps,
+            "loss_scale": self.loss_scale.state_dict(),
+            "zero_variance_steps": self.zero_variance_steps,
             "trainable": {n: p.detach().cpu() for n, p in self.policy.named_parameters() if p.requires_grad},
             "optimizer": self.optimizer.state_dict(),
             "teacher": None if self.teacher is None else self.teacher.state_dict(),
@@ -676,10 +710,17 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         random.setstate(state["rng_python"])
         self.step, self.skipped_steps = state["step"], state["skipped_steps"]
+        self.loss_scale.load_state_dict(state.get("loss_scale"))
+        self.zero_variance_steps = int(state.get("zero_variance_steps", 0))
         if self.engine is not None:
             self.engine.sync_weights(self.policy)
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> list[dict]:
-    """Build a Trainer and run it (resuming from <out>/checkpoint when present)."""
-    return Trainer(cfg, progress=progress).train()
+    """Build a Trainer and run it (resuming from <out>/checkpoint when present); its rollout engine is shut down
+    after, so a second run in the same process (notebook 03's next method) starts on a free GPU."""
+    trainer = Trainer(cfg, progress=progress)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()

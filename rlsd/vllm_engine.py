@@ -80,12 +80,15 @@ from pathlib import Path
 import torch
 
 from rlsd.inputs import PromptBatch
+from rlsd.memory import PROMPT_TOKEN_BUDGET, model_size, vllm_plan
 from rlsd.rollout import Rollout, SamplingParams, response_mask
 
 log = logging.getLogger(__name__)
 
-NOT_INSTALLED_MESSAGE = ("vLLM is not installed; falling back to HF generate. "
-                         "pip install -r requirements-gpu.txt on a CUDA machine")
+NOT_INSTALLED_MESSAGE = (
+    "vLLM is not installed; falling back to HF generate (the rollout engine of requirements.txt and "
+    "requirements-colab.txt, Colab's included). vLLM needs a machine set up from scratch: a fresh environment, "
+    "pip install -r requirements-gpu.txt (torch 2.14 for CUDA 13: NVIDIA driver R580 or newer)")
 NO_CUDA_MESSAGE = "vLLM needs a CUDA GPU and none is available; falling back to HF generate."
 MULTI_PROCESS_MESSAGE = ("engine=vllm supports a single training process (one GPU); WORLD_SIZE={}. "
                          "Falling back to HF generate.")
@@ -102,9 +105,9 @@ ENV_ENFORCE_EAGER = "RLSD_VLLM_ENFORCE_EAGER"
 ENV_SLEEP = "RLSD_VLLM_SLEEP"
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.3
-"""Share of the GPU for vLLM (weights + KV cache); the training model, optimizer and activations get the rest."""
-PROMPT_TOKEN_BUDGET = 8192
-"""Prompt tokens (text + expanded image pads) reserved per sequence when sizing max_model_len."""
+"""Share of the GPU for vLLM (weights + KV cache) when `rlsd.memory.vllm_plan` cannot size it (a model whose shape
+it does not know); the released Qwen3-VL checkpoints get their profile's plan."""
+# PROMPT_TOKEN_BUDGET (prompt tokens reserved per sequence when sizing max_model_len) lives in rlsd.memory.
 DEFAULT_MAX_IMAGES = 4
 """Images per prompt vLLM accepts (limit_mm_per_prompt)."""
 MAX_NUM_SEQS_CAP = 256
@@ -141,17 +144,28 @@ def vllm_max_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
 
 
-def engine_kwargs(cfg, env=None, image_size: dict | None = None, capability=None) -> dict:
+def gpu_memory_utilization(cfg, gpu_gib: float | None, env=None) -> float:
+    """vLLM's share of the GPU: the environment switch if set, else the plan of `rlsd.memory.vllm_plan` for this
+    GPU (weights + the rollout batch's KV cache + overhead, within what the training model leaves), else 0.3."""
+    env = os.environ if env is None else env
+    if env.get(ENV_GPU_MEMORY_UTILIZATION):
+        return float(env[ENV_GPU_MEMORY_UTILIZATION])
+    if gpu_gib and model_size(cfg):
+        return vllm_plan(cfg, gpu_gib).utilization
+    return DEFAULT_GPU_MEMORY_UTILIZATION
+
+
+def engine_kwargs(cfg, env=None, image_size: dict | None = None, capability=None, gpu_gib: float | None = None) -> dict:
     """Keyword arguments for `vllm.LLM(...)` from a TrainConfig (plain dict; vllm is not imported).
 
     `image_size` is the HF processor's pixel range ({"shortest_edge", "longest_edge"}); it is sent as
     `mm_processor_kwargs` so that vLLM resizes every image as the HF processor does. `capability` overrides the
-    GPU's compute capability (tests).
+    GPU's compute capability (tests); `gpu_gib` is the GPU's memory (sizes the pool: `gpu_memory_utilization`).
     """
     from rlsd.model import bnb_quantization_config, resolve_dtype
 
     env = os.environ if env is None else env
-    util = float(env.get(ENV_GPU_MEMORY_UTILIZATION) or DEFAULT_GPU_MEMORY_UTILIZATION)
+    util = gpu_memory_utilization(cfg, gpu_gib, env)
     if not 0 < util < 1:
         raise ValueError(f"{ENV_GPU_MEMORY_UTILIZATION} must be in (0, 1), got {util}")
     max_new = max(cfg.max_new_tokens, getattr(cfg, "eval_max_new_tokens", 0))
@@ -465,6 +479,24 @@ class VLLMEngine:
                                   stop_reasons=[getattr(c, "stop_reason", None) for c in completions])
 
     def close(self):
+        """Shut the engine down: its worker process and GPU memory (weights, KV cache, CUDA graphs) are released
+        now, not when garbage collection gets to it -- a second run in the same process needs that memory.
+        Idempotent."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            # vLLM 0.33: LLM.llm_engine.engine_core is the client of the engine-core process; its shutdown() stops
+            # the process and frees its memory. Older versions had neither; deleting the LLM is then all there is.
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(core, "shutdown", None) or getattr(llm, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            del llm
+            import gc
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.lora_request = None
         self.adapters.close()
 
 
@@ -509,7 +541,8 @@ def make_vllm_engine(cfg, policy, processor, suppress_ids) -> VLLMEngine | None:
     from rlsd.model import image_size
 
     hf_size = image_size(processor.image_processor.size, source=cfg.model.path)
-    kwargs = engine_kwargs(cfg, image_size=hf_size)
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    kwargs = engine_kwargs(cfg, image_size=hf_size, gpu_gib=gpu_gib)
     if kwargs["mm_processor_kwargs"]["size"] != hf_size:  # one pixel range for both engines
         raise RuntimeError(f"vLLM would resize images to {kwargs['mm_processor_kwargs']['size']}, "
                            f"the HF processor to {hf_size}")

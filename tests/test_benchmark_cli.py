@@ -579,3 +579,31 @@ def test_cli_offline_fails_with_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "kernels" not in line]
     assert len(lines) == 1 and "We-Math/We-Math" in lines[0] and "--data-dir" in lines[0]
+
+
+@needs_tiny
+def test_base_loads_in_nf4_with_the_adapter_on_it(tmp_path):
+    import torch
+    from bitsandbytes.nn import Linear4bit
+    from peft import LoraConfig, get_peft_model
+
+    from rlsd.benchmarks.run import _run_identity, load_model
+    from rlsd.model import ModelSpec, lora_target_regex, load_policy
+    from rlsd.rollout import VALIDATION_SAMPLING
+
+    base, _ = load_policy(ModelSpec(path=str(TINY_SFT)))
+    peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=lora_target_regex()))
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    cfg = BenchmarkRunConfig(model=str(TINY_SFT), adapter=str(tmp_path / "adapter"), device="cpu",
+                             load_in_4bit=True)
+    model, _ = load_model(cfg)
+    quantized = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    assert quantized and not any(p.requires_grad for p in model.parameters()) and not model.training
+    assert any("lora_B" in n for n, _ in model.named_parameters())
+    plain, _ = load_model(BenchmarkRunConfig(model=str(TINY_SFT), device="cpu"))
+    assert not any(isinstance(m, Linear4bit) for m in plain.modules())
+    # The 4-bit base is part of what predictions depend on; a 16-bit run's run.json (no such key) still matches.
+    assert _run_identity(cfg, VALIDATION_SAMPLING)["load_in_4bit"] is True
+    assert "load_in_4bit" not in _run_identity(BenchmarkRunConfig(model="m"), VALIDATION_SAMPLING)
+    with pytest.raises(ValueError, match="lora_rank"):
+        load_policy(ModelSpec(path=str(TINY_SFT), load_in_4bit=True))  # training a 4-bit base still needs LoRA

@@ -22,7 +22,7 @@ from rlsd.benchmarks.hub import HUB_SOURCES, load_hub_items  # noqa: E402
 from rlsd.config import PROFILES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((REPO / "notebooks").glob("0[1-5]_*.py"))  # every notebook opens with the same set-up cell
+NOTEBOOKS = sorted((REPO / "notebooks").glob("0[1-6]_*.py"))  # every notebook opens with the same set-up cell
 TINY_SFT = REPO / "data" / "tiny-sft"
 needs_tiny = pytest.mark.skipif(not (TINY_SFT / "model.safetensors").is_file(), reason="data/tiny-sft not built")
 
@@ -224,7 +224,7 @@ def first_cell(path: Path) -> str:
 
 def test_every_notebook_shares_the_same_first_cell():
     cells = [first_cell(path) for path in NOTEBOOKS]
-    assert len(cells) == 5 and all(c == cells[0] for c in cells)
+    assert len(cells) == 6 and all(c == cells[0] for c in cells)
     assert "REPO_URL" in cells[0] and "requirements-colab.txt" in cells[0]
 
 

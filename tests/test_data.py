@@ -346,26 +346,57 @@ def test_image_paths_in_a_hub_layout_directory_resolve_against_it(tmp_path):
     assert p.images[0].getpixel((0, 0)) == (9, 8, 7)
 
 
-def test_image_paths_in_a_hub_repository_are_fetched_from_it(tmp_path, monkeypatch):
-    """A hub id whose rows name image files: each file is fetched from the dataset repository, when first read."""
+def _hub_with_image_paths(tmp_path, monkeypatch, n_rows=6):
+    """A hub id whose rows name image files (row k: images/k.png); downloads recorded, nothing leaves the machine."""
     import datasets
     import huggingface_hub
 
-    Image.new("RGB", (4, 4), (3, 3, 3)).save(tmp_path / "fetched.png")
-    table = datasets.Dataset.from_dict({"problem": ["<image>What?", "Why?"], "answer": ["1", "2"],
-                                        "images": [["images/a.png"], []]})
-    loads, fetches = [], []
+    table = datasets.Dataset.from_dict({"problem": [f"<image>Q{k}?" for k in range(n_rows)],
+                                        "answer": [str(k) for k in range(n_rows)],
+                                        "images": [[f"images/{k}.png"] for k in range(n_rows)]})
+    loads, snapshots, fetches = [], [], []
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: loads.append((a, k)) or table)
+
+    def fake_snapshot(repo_id, repo_type, allow_patterns):
+        snapshots.append((repo_id, repo_type, sorted(allow_patterns)))
+        root = tmp_path / "snapshot"
+        for name in allow_patterns:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4), (int(name.split("/")[1].split(".")[0]), 3, 3)).save(root / name)
+        return str(root)
 
     def fake_download(repo_id, filename, repo_type):
         fetches.append((repo_id, filename, repo_type))
-        return str(tmp_path / "fetched.png")
+        Image.new("RGB", (4, 4), (200, 3, 3)).save(tmp_path / "one.png")
+        return str(tmp_path / "one.png")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    train, test = load_train_and_eval("hf:org/set:train:cfg", n_train=5, n_eval=0)
+    return loads, snapshots, fetches
+
+
+def test_image_paths_in_a_hub_repository_are_fetched_from_it_in_one_download(tmp_path, monkeypatch):
+    """A hub id whose rows name image files: the files of the rows in use come in ONE snapshot_download before
+    they are checked (not one request per image), and only those files."""
+    loads, snapshots, fetches = _hub_with_image_paths(tmp_path, monkeypatch)
+    train, test = load_train_and_eval("hf:org/set:train:cfg", n_train=3, n_eval=1)
     assert loads == [(("org/set", "cfg"), {"split": "train"})]
-    assert fetches == [("org/set", "images/a.png", "dataset")]  # checked before step 1
-    (p,) = [p for p in train if p.answer == "1"]
-    assert p.images[0].getpixel((0, 0)) == (3, 3, 3) and p.meta["dataset"] == "hf:org/set:train:cfg"
+    assert len(snapshots) == 1 and snapshots[0][:2] == ("org/set", "dataset")
+    used = sorted(f"images/{p.answer}.png" for p in train + test)
+    assert set(used) <= set(snapshots[0][2]) and len(snapshots[0][2]) < 6  # the rows in use, not the whole set
+    assert fetches == []
+    for p in train:
+        assert p.images[0].getpixel((0, 0)) == (int(p.answer), 3, 3) and p.meta["dataset"] == "hf:org/set:train:cfg"
+
+
+def test_a_file_outside_the_prefetched_rows_is_still_fetched_alone(tmp_path, monkeypatch):
+    from rlsd.data import HubSpec, _HubRows
+
+    _, snapshots, fetches = _hub_with_image_paths(tmp_path, monkeypatch)
+    rows = _HubRows(HubSpec.parse("hf:org/set"))
+    assert rows.prefetch([0, 1]) == 2 and snapshots[0][2] == ["images/0.png", "images/1.png"]
+    assert rows.resolve("images/1.png") == tmp_path / "snapshot" / "images/1.png"
+    later = rows.resolve("images/5.png")  # a row past the prefetched ones (bad rows ahead of it)
+    assert callable(later) and later().name == "one.png" and fetches == [("org/set", "images/5.png", "dataset")]
 
 
 def test_hub_spec_syntax():

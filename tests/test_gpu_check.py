@@ -50,3 +50,30 @@ def test_rollout_variants_on_cpu(tmp_path):
     assert all(v["tokens"] > 0 and v["tokens_per_s"] > 0 for v in ran.values())
     assert set(r["fastest_exact"]) == {"nf4", "float32"}
     assert r["continuous_batching"]["available"] is False and "token ids only" in r["continuous_batching"]["reason"]
+
+
+def test_cpu_rehearsal_runs_only_its_stages_and_reports_peak_memory(tmp_path):
+    """`--device cpu` on the tiny shape: the CPU rehearsal's stages (the 2B run is `--arch 2b --device cpu`)."""
+    from rlsd.gpu_check import CPU_REHEARSAL, overrides_for
+
+    report = main(["--arch", "tiny", "--device", "cpu", "--out", str(tmp_path), "--work-dir", str(tmp_path / "w"),
+                   "--max-new-tokens", "6"])
+    assert report["ok"], json.dumps(report, default=str)[:2000]
+    assert "rollouts" not in report and "bench" not in report and "bench_distillation" not in report
+    assert [s["step"] for s in report["train_resume"]["steps"]] == [1, 2, 3]
+    peaks = report["memory"]["peak_rss_gib_after"]
+    assert set(peaks) >= {"build", "lora_grads", "train_resume"} and all(v > 0 for v in peaks.values())
+    assert report["environment"]["cpu_cores"] >= 1 and "load_average_at_end" in report["environment"]
+    # The 2B rehearsal's batch and device: real shapes, a tiny batch, on the CPU whatever the profile says.
+    two_b = overrides_for("2b", tmp_path, 4, "cpu")
+    assert set(CPU_REHEARSAL) <= set(two_b) and "device=cpu" in two_b
+
+
+def test_weights_estimate_of_the_cpu_rehearsal():
+    from rlsd.gpu_check import CPU_REHEARSAL, weights_estimate
+
+    est = weights_estimate("2b", "qwen3vl-2b", ["model.path=/nowhere", *CPU_REHEARSAL])
+    # NF4 language model + untied bf16 embedding and head + bf16 vision tower of the random 2B model.
+    assert est["load_in_4bit"] and est["dtype"] == "bfloat16"
+    assert 2.4 < est["weights_estimate_gib"] < 2.8
+    assert weights_estimate("tiny", "smoke", []) == {}

@@ -94,6 +94,22 @@ class FakeLLM:
         self.calls.append("reset_prefix_cache")
 
 
+class FakeEngineCore:
+    """vLLM 0.33's `LLM.llm_engine.engine_core`: the client whose shutdown() stops the engine-core process."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def shutdown(self):
+        self.calls.append("shutdown")
+
+
+class FakeLLMWithCore(FakeLLM):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.llm_engine = SimpleNamespace(engine_core=FakeEngineCore(self.calls))
+
+
 class FakeLoraPolicy:
     """The parts of a peft LoRA model the engine uses."""
 
@@ -429,6 +445,7 @@ def _gpu_env(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: SimpleNamespace(total_memory=80 * 2**30))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     for name in (ve.ENV_GPU_MEMORY_UTILIZATION, ve.ENV_MAX_MODEL_LEN, ve.ENV_SLEEP, ve.ENV_ENFORCE_EAGER,
                  ve.ENV_MAX_IMAGES):
@@ -532,3 +549,50 @@ def test_make_vllm_engine_starts_a_sleeping_engine_with_the_adapter(monkeypatch,
     assert llm.kwargs["hf_overrides"]["quantization_config"]["llm_int8_skip_modules"] == list(QUANT_SKIP_MODULES)
     assert "vLLM engine ready" in capsys.readouterr().err
     engine.close()
+
+
+def test_close_shuts_the_engine_down_once(tmp_path):
+    llm = FakeLLMWithCore(script=[([3, EOS], "stop")])
+    engine = ve.VLLMEngine(llm, FakeSamplingParams, fake_lora_request, eos_id=EOS, pad_id=PAD, image_pad_id=IMG,
+                           suppress_ids=SUPPRESS, vocab_size=VOCAB, max_model_len=64, adapter_root=tmp_path / "a")
+    engine.close()
+    assert llm.calls.count("shutdown") == 1 and engine.llm is None and engine.lora_request is None
+    engine.close()  # idempotent: nothing left to shut down
+    assert llm.calls.count("shutdown") == 1
+    # An engine without engine_core (older vLLM) is still dropped.
+    old = ve.VLLMEngine(FakeLLM(), FakeSamplingParams, fake_lora_request, eos_id=EOS, pad_id=PAD, image_pad_id=IMG,
+                        suppress_ids=SUPPRESS, vocab_size=VOCAB, max_model_len=64)
+    old_llm = old.llm
+    old.close()
+    assert old.llm is None and "shutdown" not in old_llm.calls
+
+
+def test_trainer_close_shuts_its_engine(tmp_path):
+    from rlsd.trainer import Trainer
+
+    llm = FakeLLMWithCore()
+    trainer = Trainer.__new__(Trainer)  # close() needs only the engine
+    trainer.engine = ve.VLLMEngine(llm, FakeSamplingParams, fake_lora_request, eos_id=EOS, pad_id=PAD,
+                                   image_pad_id=IMG, suppress_ids=SUPPRESS, vocab_size=VOCAB, max_model_len=64)
+    trainer.close()
+    assert llm.calls == ["shutdown"] and trainer.engine is None
+
+
+def test_gpu_memory_utilization_follows_the_memory_plan():
+    from rlsd.memory import vllm_plan
+
+    cfg = make_config("qwen3vl-8b-l4", method="rlsd")
+    plan = vllm_plan(cfg, 22.5)
+    util = ve.engine_kwargs(cfg, env={}, capability=(8, 9), gpu_gib=22.5)["gpu_memory_utilization"]
+    assert util == plan.utilization and util * 22.5 >= plan.weights + plan.kv_min + plan.overhead
+    assert util > ve.DEFAULT_GPU_MEMORY_UTILIZATION  # 0.3 of an L4 (6.75 GiB) cannot hold 8B NF4 (~7.0 GiB)
+    env = {ve.ENV_GPU_MEMORY_UTILIZATION: "0.55"}
+    assert ve.engine_kwargs(cfg, env=env, capability=(8, 9), gpu_gib=22.5)["gpu_memory_utilization"] == 0.55
+    # A model whose shape rlsd.memory does not know keeps the default share.
+    tiny = make_config("smoke", ["model.lora_rank=8"])
+    assert ve.engine_kwargs(tiny, env={}, gpu_gib=22.5)["gpu_memory_utilization"] == 0.3
+
+
+def test_not_installed_message_names_colabs_engine_and_the_cuda_vllm_needs():
+    assert "requirements-colab.txt" in ve.NOT_INSTALLED_MESSAGE and "HF generate" in ve.NOT_INSTALLED_MESSAGE
+    assert "CUDA 13" in ve.NOT_INSTALLED_MESSAGE and "R580" in ve.NOT_INSTALLED_MESSAGE

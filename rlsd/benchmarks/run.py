@@ -90,6 +90,9 @@ class BenchmarkRunConfig:
     dtype: str | None = None
     """float32, bfloat16 or float16; default bfloat16 on a GPU that has it, float16 on one that has not, else
     float32."""
+    load_in_4bit: bool = False
+    """Load the base model in NF4 (bitsandbytes; vision tower and head kept in 16-bit), as the GPU training profiles
+    do: the 8B model in 16-bit (~17.5 GB) cannot load on a T4 and barely on an L4."""
     label: str | None = None
     """Name of the row in the table (default: the model, plus the adapter's folder)."""
     progress: bool = True
@@ -180,7 +183,8 @@ def _run_identity(cfg: BenchmarkRunConfig, sampling) -> dict:
     """What the predictions depend on: a rerun into the same --out must match it."""
     return {"model": cfg.model, "adapter": str(Path(cfg.adapter).resolve()) if cfg.adapter else None,
             "sampling": dataclasses.asdict(sampling), "max_pixels": cfg.max_pixels, "seed": cfg.seed,
-            "dtype": cfg.dtype or default_dtype(cfg.device or default_device())}
+            "dtype": cfg.dtype or default_dtype(cfg.device or default_device()),
+            **({"load_in_4bit": True} if cfg.load_in_4bit else {})}  # absent when off: older run.json files match
 
 
 def _check_identity(out: Path, identity: dict) -> None:
@@ -246,13 +250,15 @@ def load_model(cfg: BenchmarkRunConfig):
     from rlsd.model import ModelSpec, load_policy
 
     device = cfg.device or default_device()
-    spec = ModelSpec(path=cfg.model, dtype=cfg.dtype or default_dtype(device), **cfg.extra)
-    model, processor = load_policy(spec, device=device)
+    spec = ModelSpec(path=cfg.model, dtype=cfg.dtype or default_dtype(device), load_in_4bit=cfg.load_in_4bit,
+                     **cfg.extra)
+    model, processor = load_policy(spec, device=device, trainable=False)
     if cfg.adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(check_adapter(cfg.adapter)), is_trainable=False)
-        model.to(device)
+        if not cfg.load_in_4bit:  # a 4-bit base is already placed (device_map) and cannot be moved
+            model.to(device)
     model.eval()
     limit_pixels(processor, cfg.max_pixels)
     return model, processor
