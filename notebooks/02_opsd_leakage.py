@@ -80,12 +80,19 @@ print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now
 # **What we measure, on the CPU testbed** (`rlsd/testbed.py`: counting and arithmetic over noisy grids of coloured
 # squares, a ~1M-parameter Qwen3-VL, an SFT warm start `data/tiny-sft`):
 #
+# Leakage, three ways (the paper counts leaks in sampled outputs; which samples matters here):
+#
 # * `leak_rate` — the share of test responses (student prompt, no reference anywhere) that mention a reference
-#   (`rlsd.testbed.mentions_reference`);
+#   (`rlsd.testbed.mentions_reference`), sampled under the paper's **validation decoding** (T 0.7, top-p 0.8,
+#   top-k 20);
+# * `rollout_leak_rate` — the same share in the **T = 1 training rollouts** (no top-p, no top-k), logged by the
+#   trainer at every optimizer step (64 rollouts per step; drawn with a trailing 10-step moving average);
 # * `mention_prob` — the mean probability the student gives to *opening* its response with the teacher format's
-#   mention, "the reference answer is" (one forward pass per test prompt). Validation decoding (top-p 0.8) never
-#   samples a continuation below roughly 15% probability, so `leak_rate` stays at zero while a habit grows below that
-#   line; `mention_prob` sees it grow;
+#   mention, "the reference answer is" (one forward pass per test prompt), i.e. the rate at which an unrestricted
+#   T = 1 sample would open with it. The nucleus of validation decoding keeps only the most likely tokens up to 80%
+#   of the mass, so a mention habit can hold a fifth of the probability and still never be sampled there:
+#   `leak_rate` can read 0 while `mention_prob` and the rollouts see the habit. The teacher prompt's own
+#   `mention_prob` (the warm start's habit, printed in §1) is drawn as a reference line;
 # * `unsupported_answer_rate` — the share whose final answer does not follow from the response's own written steps
 #   (`rlsd.testbed.supported_answer`): a leakage signal the model was never taught, since copying an answer it cannot
 #   derive shows up as an answer its reasoning does not support;
@@ -118,7 +125,9 @@ from IPython.display import Markdown, display  # noqa: E402
 
 from rlsd import runs as R  # noqa: E402
 from rlsd.config import SHIPPED_TINY  # noqa: E402
-from rlsd.plots import LEAKAGE_PANELS, Panel, plot_panels, save_figure  # noqa: E402
+import rlsd.claims as C  # noqa: E402
+from rlsd.plots import (KL_PANEL, LEAKAGE_METHODS, Panel, leakage_figure, leakage_panels, left_out_note,  # noqa: E402
+                        plot_panels, save_figure)
 from rlsd.testbed import load_splits, mentions_reference  # noqa: E402
 
 SMOKE_METHODS = ("grpo", "opsd", "opsd_online")  # CI: the control, the fixed teacher and the online teacher
@@ -155,37 +164,25 @@ def save(fig, name):
 
 
 # %% [markdown]
-# ## 0. The criteria, declared before looking at any number
+# ## 0. The criteria: `rlsd.claims`, the same as notebook 03 and the README
 #
-# Each claim gets a yes/no test fixed here, in code, before the logs are read. **Leakage is judged on the whole
-# trajectory**: a seed's value is the PEAK of its test curve (step 0, the warm start, included), not its last point —
-# a habit that rises and then collapses with the model (the online teacher) still leaked. Differences between
-# methods are **paired by seed** (the same seed draws the same prompts and sampling seeds in every method) and must
-# exceed `spreads` × the paired standard error of the mean difference. A claim involving a method with fewer than
-# `min_seeds` seeds, or a method that was not run, is **undetermined**. Accuracy curves are compared against a noise level that is the larger of the seed
-# standard deviation at the final evaluation and the binomial standard error of the seed-mean accuracy
-# $\sqrt{p(1-p)/(n_\text{items}\, n_\text{seeds})}$ (so three nearly identical seeds cannot make a 0.3-point wiggle
-# count). Step 0 of every curve is the warm start's own test evaluation (`base_eval.json`), shared by all runs.
+# This notebook does not define criteria of its own. Its verdicts (§5) are the rows of `rlsd.claims.judge` whose
+# topic is leakage, OPSD or the trilemma — the same function, on the same `summary.json`, that writes the claims table
+# of notebook 03 and the README, so the three show the same verdicts. Each row has two verdict columns:
 #
-# | # | claim (source) | test |
-# |---|---|---|
-# | 1 | OPSD leaks (paper) | peak `leak_rate` over the trajectory: OPSD − GRPO, paired by seed, > 2 × paired SE |
-# | 2 | OPSD's mention habit grows, sampled or not (ours) | the same test on `mention_prob` (the probability of opening with the teacher's mention) |
-# | 3 | OPSD's answers stop following from its own steps (ours) | the same test on `unsupported_answer_rate` |
-# | 4 | RLSD does not leak (paper) | peak `leak_rate` **and** peak `mention_prob`: RLSD − GRPO, paired, mean + 2 × SE ≤ 2 points |
-# | 5 | OPSD's test accuracy peaks early, then declines (paper) | the seed-mean accuracy curve peaks after step 0 and in the first half of training, and its final value is below the peak by more than 2 × noise |
-# | 6 | an online teacher gains early (trilemma) | OPSD-online's seed-mean accuracy, at its best evaluation in the first half, exceeds step 0 by more than 2 × noise |
-# | 7 | … and destabilises later (trilemma) | OPSD-online's final seed-mean accuracy is below its peak by more than 2 × noise, **or** its final seed std is more than twice OPSD-fixed's |
-# | 8 | an online teacher leaks too (trilemma) | as claim 2 (peak `mention_prob`), for OPSD-online |
+# * **as declared** — the criterion committed before the v2 runs (commit `ee0956b`, 2026-12-01; printed below from
+#   `rlsd.claims`), applied unchanged;
+# * **revised, post hoc** — the criterion revised after reading those runs (2026-12-07), with the reason; "= declared"
+#   where nothing changed. A revision made after seeing the data is post hoc: both are shown so that neither can be
+#   chosen silently.
+#
+# Differences between methods are **paired by seed** (the same seed draws the same prompts and sampling seeds in
+# every method). Step 0 of every curve is the warm start's own test evaluation (`base_eval.json`), shared by all
+# runs. The figures and tables of §2–§4 are the evidence the criteria read; they carry no verdicts of their own.
 
 # %%
-CRITERIA = {"min_seeds": 3, "spreads": 2.0, "early_fraction": 0.5, "leak_margin": 0.02}
-
-
-def accuracy_noise(pf, n_items):
-    """The noise level of claims 5-7: max(seed std at the final eval, binomial s.e. of the seed-mean accuracy)."""
-    p = min(max(pf["final"], 0.0), 1.0)
-    return max(pf["final_std"], math.sqrt(p * (1 - p) / max(1, n_items * pf["n"])))
+print(f"declared: commit {C.DECLARED_COMMIT}, {C.DECLARED_DATE}; revised (post hoc): {C.REVISED_DATE}")
+CLAIM_TOPICS = ("leakage", "opsd", "trilemma")  # the rows of rlsd.claims.judge this notebook is about
 
 
 # %% [markdown]
@@ -204,7 +201,7 @@ if HAVE_LOGS:
         configs[name] = json.loads((LOGS / f"{name}-s{seed}" / "config.json").read_text())
         cfg = configs[name]
         evals = [r["step"] for r in per_seed[seed]["eval"]]
-        print(f"{label(name):14s} seeds {sorted(per_seed)}  steps {cfg['steps']}  lr {cfg['lr']:g}  "
+        print(f"{label(name):16s} seeds {sorted(per_seed)}  steps {cfg['steps']}  lr {cfg['lr']:g}  "
               f"test evaluations at steps {evals} on {cfg['eval_problems']} problems")
     TOTAL_STEPS = max(c["steps"] for c in configs.values())
     N_ITEMS = next(iter(configs.values()))["eval_problems"]
@@ -230,18 +227,38 @@ if HAVE_LOGS:
 # `data/tiny-sft/sft_config.json` above; validation decoding may still never sample it, which is why the probability
 # is reported beside `leak_rate`).
 #
-# ## 2. Leakage over training: OPSD (fixed initial teacher) vs GRPO vs RLSD
+# ## 2. Leakage over training: every run with a teacher in its loss, and GRPO
 #
-# Mean over seeds, with the min–max band. Every test evaluation uses the same problems and the validation sampling of
-# the paper (T 0.7, top-p 0.8, top-k 20).
+# The three measures in separate panels: mean over seeds, with the min–max band over seeds (n per method in the key).
+# **GRPO** has no teacher in its loss: it is the control for drift into the warm start's own habit. **RLSD** with λ
+# decaying to 0 (the paper's schedule) and with **constant λ** (ms-swift's default, `rlsd_decay_steps=0`) use the same
+# answer-conditioned teacher to rescale a reward-signed advantage. OPSD (fixed and online teacher), SDPO and
+# GRPO+OPSD distil the teacher directly. The dotted line marks where RLSD's λ reaches 0; no other run has a λ. Every
+# test evaluation uses the same problems.
 
 # %%
-LEAK_METHODS = [m for m in ("grpo", "rlsd", "opsd") if m in runs]
-EVAL_PANELS = [p for p in LEAKAGE_PANELS if p[0] == "eval"]  # leak rate, mention probability, unsupported, accuracy
+LEAK_METHODS = [m for m in LEAKAGE_METHODS if m in runs]
+LAMBDA_ZERO = (configs["rlsd"]["rlsd_decay_steps"] or None) if "rlsd" in configs else None  # RLSD's λ reaches 0
 if HAVE_LOGS:
-    fig = plot_panels(runs, EVAL_PANELS, "Leakage on the test split (mean over seeds, min-max band)",
-                      methods=LEAK_METHODS, ncols=2)
-    save(fig, "02_leakage_over_training")
+    fig = leakage_figure(runs, base, LAMBDA_ZERO)
+    save(fig, "02_leakage")
+    display(fig)
+
+# %% [markdown]
+# A leak that copies an answer the model cannot derive also shows as an answer its own written steps do not support
+# (`unsupported_answer_rate`, a signal the model was never taught), and leakage may cost accuracy. Online OPSD is
+# left out of these two panels (its caption says why).
+
+# %%
+SIDE_METHODS = [m for m in LEAK_METHODS if m != "opsd_online"]
+SIDE_PANELS = [Panel("eval", "unsupported_answer_rate", "answer not supported by own steps", "% of test responses",
+                     100),
+               Panel("eval", "accuracy", "test accuracy (student prompt)", "accuracy, %", 100)]
+if HAVE_LOGS:
+    fig = plot_panels(runs, SIDE_PANELS, "Unsupported answers and test accuracy on the test split",
+                      methods=SIDE_METHODS, ncols=2, lambda_zero_step=LAMBDA_ZERO, eval_items=N_ITEMS,
+                      note=left_out_note(runs), panel_size=(5.2, 3.4))
+    save(fig, "02_unsupported_answers")
     display(fig)
 
 # %% [markdown]
@@ -264,8 +281,39 @@ def curve_table(key, methods):
 
 
 if HAVE_LOGS:
-    for key in [panel.key for panel in EVAL_PANELS]:
+    for key in ("leak_rate", "mention_prob", "unsupported_answer_rate", "accuracy"):
         display(Markdown(f"**{key}**\n\n" + curve_table(key, LEAK_METHODS)))
+
+# %% [markdown]
+# The training rollouts' leak rate as numbers: per seed, the mean of `rollout_leak_rate` over the first and the last
+# 10% of steps, and its peak 10-step trailing mean (the curve drawn above), then mean ± std [min–max] over seeds.
+
+# %%
+def rollout_peak(per_seed, key="rollout_leak_rate", window=10):
+    """Per seed: the largest `window`-step trailing mean of `key` (what the figure draws at its highest)."""
+    out = []
+    for logs in per_seed.values():
+        _, values = R.curve(logs["metrics"], key)
+        if len(values) >= window:
+            out.append(float(max(sum(values[i - window:i]) / window for i in range(window, len(values) + 1))))
+        elif len(values):
+            out.append(float(values.mean()))
+    return out
+
+
+if HAVE_LOGS:
+    logged = [m for m in LEAK_METHODS if R.window_mean(runs[m], "rollout_leak_rate")]
+    if logged:
+        display(Markdown(R.markdown_table([{
+            "method": label(m),
+            "first 10% of steps": R.format_spread(R.window_mean(runs[m], "rollout_leak_rate", 0.1, first=True)),
+            "last 10% of steps": R.format_spread(R.window_mean(runs[m], "rollout_leak_rate", 0.1)),
+            "peak 10-step mean": R.format_spread(rollout_peak(runs[m]))} for m in logged])))
+        missing = [label(m) for m in LEAK_METHODS if m not in logged]
+        if missing:
+            print("not logged by (their logs predate the metric): " + ", ".join(missing))
+    else:
+        print("These logs predate `rollout_leak_rate` (the trainer logs it since the leakage revision): no rows.")
 
 # %% [markdown]
 # **Teacher–student KL during training.** `kl_student_teacher` is the mean over sampled response tokens of
@@ -275,17 +323,16 @@ if HAVE_LOGS:
 # left out).
 
 # %%
-KL_METHODS = [m for m in ("rlsd", "opsd", "opsd_online", "grpo_opsd", "sdpo") if m in runs]
+KL_METHODS = [m for m in ("rlsd", "rlsd_const", "opsd", "opsd_online", "grpo_opsd", "sdpo") if m in runs]
 if HAVE_LOGS and KL_METHODS:
-    KL_PANEL = [p for p in LEAKAGE_PANELS if p[1] == "kl_student_teacher"]
-    fig = plot_panels(runs, KL_PANEL, "Teacher-student KL during training\n(mean over seeds, min-max band)",
-                      smooth=10, methods=KL_METHODS, ncols=1)
+    fig = plot_panels(runs, [KL_PANEL], "Teacher-student KL during training", smooth=10, methods=KL_METHODS,
+                      ncols=1, panel_size=(6.4, 3.6))
     save(fig, "02_teacher_kl")
     display(fig)
     for m in KL_METHODS:
         head = R.window_mean(runs[m], "kl_student_teacher", 0.1, first=True)
         tail = R.window_mean(runs[m], "kl_student_teacher", 0.1)
-        print(f"{label(m):14s} KL(student || teacher), mean over the first 10% of steps "
+        print(f"{label(m):16s} KL(student || teacher), mean over the first 10% of steps "
               f"{R.format_spread(head, scale=1, digits=4)}; "
               f"over the last 10% {R.format_spread(tail, scale=1, digits=4)}")
 
@@ -302,15 +349,15 @@ if HAVE_LOGS and KL_METHODS:
 TRILEMMA_METHODS = [m for m in ("opsd", "opsd_online", "grpo") if m in runs]
 if HAVE_LOGS and any(m in runs for m in ("opsd", "opsd_online")):
     fig = plot_panels(runs, [Panel("eval", "accuracy", "test accuracy (student prompt)", "accuracy, %", 100),
-                             Panel("eval", "mention_prob", "P(response opens with the mention)", "probability, %", 100),
+                             leakage_panels(base)[2],
                              Panel("metrics", "reward_mean", "training reward (rollout accuracy)", "% correct", 100)],
-                      "Fixed vs online teacher (mean over seeds, min-max band)", smooth=10,
+                      "Fixed vs online teacher", smooth=10, eval_items=N_ITEMS,
                       methods=TRILEMMA_METHODS, ncols=3)
     save(fig, "02_trilemma")
     display(fig)
     for m in TRILEMMA_METHODS:
         pf = R.peak_and_final(runs[m], "accuracy")
-        print(f"{label(m):14s} test accuracy: step {pf['first_step']} {pct(pf['first'])} -> peak {pct(pf['peak'])} "
+        print(f"{label(m):16s} test accuracy: step {pf['first_step']} {pct(pf['first'])} -> peak {pct(pf['peak'])} "
               f"at step {pf['peak_step']} -> final {pct(pf['final'])} ± {pct(pf['final_std'])} at step "
               f"{pf['final_step']} (n={pf['n']})")
 
@@ -332,7 +379,7 @@ if HAVE_LOGS:
     problems = {p.id: p for p in load_splits(n_train=0, n_val=None, n_test=n_test)[2]} if n_test else {}
     for m in runs:
         leaked, total = R.sample_rate(runs, m, mentions_reference)
-        print(f"{label(m):14s} decoded samples that mention a reference: {leaked} of {total}")
+        print(f"{label(m):16s} decoded samples that mention a reference: {leaked} of {total}")
     if not examples:
         print("\nNo decoded sample of a distillation run mentions a reference; nothing to show.")
     for e in examples:
@@ -347,133 +394,51 @@ if HAVE_LOGS:
                   f"unsupported {flags.get('unsupported')}:\n        {s['response']!r}")
 
 # %% [markdown]
-# ## 5. The claims, measured
+# ## 5. The claims, judged by `rlsd.claims`
 #
-# Each row applies the test declared in §0 to the logs; the "measured" column gives the numbers the test used (percent;
-# mean ± std [min–max] over seeds). Nothing in this table is typed by hand.
+# The rows of `rlsd.claims.judge` about leakage, OPSD and the trilemma, on this profile's `summary.json`: the same
+# criteria, numbers and verdicts as notebook 03 §5 and the README. "as declared" applies the criterion committed
+# before the v2 runs; "revised" the post hoc criterion, with its reason ("= declared": unchanged). Nothing in this
+# table is typed by hand.
 
 # %%
-def final(m, key):
-    return R.final_eval(runs[m], key) if m in runs else []
+SUMMARY = json.loads((LOGS / "summary.json").read_text()) if LOGS and (LOGS / "summary.json").exists() else None
+claim_rows = [r for r in C.judge(SUMMARY, None) if r["topic"] in CLAIM_TOPICS] if SUMMARY is not None else []
+if claim_rows:
+    display(Markdown(C.claims_markdown(claim_rows)))
+elif HAVE_LOGS:
+    print("summary.json is missing: the reproduction has not finished, so there are no verdicts yet.")
+
+# %% [markdown]
+# **Supporting numbers, not verdicts.** Per seed, the peak of each leakage measure over the whole trajectory
+# (step 0 included; for the training rollouts, the peak 10-step trailing mean), minus GRPO's, paired by seed: mean ±
+# paired standard error (seeds with a positive difference / seeds). These are the quantities the leakage rows above
+# read, for every method; they apply no threshold. Where a method's three measures disagree (a habit in
+# `mention_prob` and the rollouts that validation decoding never samples), the table above reports them separately
+# rather than choosing one.
+
+# %%
+def peak_rollout(per_seed, window=10):
+    return dict(zip(per_seed, rollout_peak(per_seed, window=window)))
 
 
-def n_seeds(*methods):
-    """The fewest seeds among `methods` (0 if one of them was not run)."""
-    return min(len(runs[m]) for m in methods) if all(m in runs for m in methods) else 0
-
-
-def peak_vs_grpo(m, key):
-    """Per-seed peak of `key` over the test trajectory, m - GRPO paired by seed."""
-    return R.paired_difference(R.per_seed_peak(runs[m], key), R.per_seed_peak(runs["grpo"], key))
-
-
-def rises(m, key):
-    """Claims 1, 2, 3 and 8: m's peak `key` exceeds GRPO's, paired by seed, by 2 paired SE."""
-    if m not in runs or "grpo" not in runs:
-        return None, "not run"
-    d = peak_vs_grpo(m, key)
+def paired_peak(m, key):
+    if key == "rollout_leak_rate":
+        a, b = peak_rollout(runs[m]), peak_rollout(runs["grpo"])
+    else:
+        a, b = R.per_seed_peak(runs[m], key), R.per_seed_peak(runs["grpo"], key)
+    d = R.paired_difference(a, b)
     if d["mean"] is None:
-        return None, "no data"
-    se = d["se"] or 0.0
-    digits = DIGITS.get(key, 1)
-    return d["mean"] > CRITERIA["spreads"] * se, (
-        f"peak {key}: {label(m)} {R.format_spread(list(R.per_seed_peak(runs[m], key).values()), digits=digits)} vs "
-        f"GRPO {R.format_spread(list(R.per_seed_peak(runs['grpo'], key).values()), digits=digits)}; paired "
-        f"difference {pts(d['mean'], digits)} ± {size(se, digits)} SE over {d['n']} seeds "
-        f"(needs > {size(CRITERIA['spreads'] * se, digits)})")
+        return "not logged"
+    se = "" if d["se"] is None else f" ± {100 * d['se']:.1f}"
+    return f"{100 * d['mean']:+.1f}{se} ({d['positive']}/{d['n']})"
 
 
-def no_more_than_grpo(m, keys):
-    """Claim 4: for every key, m's peak exceeds GRPO's by at most the margin, at 2 paired SE."""
-    holds, texts = True, []
-    for key in keys:
-        if m not in runs or "grpo" not in runs:
-            return None, f"{key}: not run"
-        d = peak_vs_grpo(m, key)
-        if d["mean"] is None:
-            return None, f"{key}: no data"
-        upper = d["mean"] + CRITERIA["spreads"] * (d["se"] or 0.0)
-        holds = holds and upper <= CRITERIA["leak_margin"]
-        digits = DIGITS.get(key, 1)
-        texts.append(f"peak {key}: {label(m)} − GRPO {pts(d['mean'], digits)} ± {size(d['se'] or 0.0, digits)} SE "
-                     f"(mean + 2 SE {pts(upper, digits)}; needs ≤ {size(CRITERIA['leak_margin'], digits)})")
-    return holds, "; ".join(texts)
-
-
-def peaks_early_then_declines(m):
-    """Claim 5."""
-    if m not in runs:
-        return None, "not run"
-    pf = R.peak_and_final(runs[m], "accuracy")
-    noise = accuracy_noise(pf, N_ITEMS)
-    early = 0 < pf["peak_step"] <= CRITERIA["early_fraction"] * TOTAL_STEPS
-    declines = pf["final"] < pf["peak"] - CRITERIA["spreads"] * noise
-    return early and declines, (f"seed-mean accuracy peaks at step {pf['peak_step']} of {TOTAL_STEPS} "
-                                f"({pct(pf['peak'])}), ends at {pct(pf['final'])}: "
-                                f"drop {pts(pf['peak'] - pf['final'])} (needs > {size(CRITERIA['spreads'] * noise)})")
-
-
-def gains_early(m):
-    """Claim 6."""
-    if m not in runs:
-        return None, "not run"
-    pf = R.peak_and_final(runs[m], "accuracy")
-    first_half = [(v, s, sd) for s, v, sd in zip(pf["steps"], pf["mean"], pf["std"])
-                  if 0 < s <= CRITERIA["early_fraction"] * TOTAL_STEPS]
-    if not first_half:
-        return None, "no evaluation in the first half of training"
-    best, step, _ = max(first_half)
-    noise = accuracy_noise(pf, N_ITEMS)
-    return best > pf["first"] + CRITERIA["spreads"] * noise, (
-        f"step {pf['first_step']} {pct(pf['first'])} -> best in the first half {pct(best)} at step {step}: gain "
-        f"{pts(best - pf['first'])} (needs > {size(CRITERIA['spreads'] * noise)})")
-
-
-def destabilises(m, fixed="opsd"):
-    """Claim 7."""
-    if m not in runs or fixed not in runs:
-        return None, "not run"
-    pf, pf_fixed = R.peak_and_final(runs[m], "accuracy"), R.peak_and_final(runs[fixed], "accuracy")
-    noise = accuracy_noise(pf, N_ITEMS)
-    declines = pf["final"] < pf["peak"] - CRITERIA["spreads"] * noise
-    spread = pf["final_std"] > 2 * pf_fixed["final_std"]
-    return declines or spread, (
-        f"peak {pct(pf['peak'])} at step {pf['peak_step']} -> final {pct(pf['final'])}: drop "
-        f"{pts(pf['peak'] - pf['final'])} (needs > {size(CRITERIA['spreads'] * noise)}); final seed std "
-        f"{size(pf['final_std'])} vs fixed teacher {size(pf_fixed['final_std'])} (needs > 2×)")
-
-
-CLAIMS = [
-    ("1. OPSD leaks (paper)", ("opsd", "grpo"), lambda: rises("opsd", "leak_rate")),
-    ("2. OPSD's mention habit grows, sampled or not (ours)", ("opsd", "grpo"), lambda: rises("opsd", "mention_prob")),
-    ("3. OPSD's answers stop following from its steps (ours)", ("opsd", "grpo"),
-     lambda: rises("opsd", "unsupported_answer_rate")),
-    ("4. RLSD does not leak (paper)", ("rlsd", "grpo"),
-     lambda: no_more_than_grpo("rlsd", ("leak_rate", "mention_prob"))),
-    ("5. OPSD accuracy peaks early, then declines (paper)", ("opsd",), lambda: peaks_early_then_declines("opsd")),
-    ("6. online teacher gains early (trilemma)", ("opsd_online",), lambda: gains_early("opsd_online")),
-    ("7. online teacher destabilises later (trilemma)", ("opsd_online", "opsd"), lambda: destabilises("opsd_online")),
-    ("8. online teacher leaks too (trilemma)", ("opsd_online", "grpo"), lambda: rises("opsd_online", "mention_prob")),
-]
-verdicts = []
-if HAVE_LOGS:
-    rows = []
-    for claim, methods, test in CLAIMS:
-        holds, measured = test()
-        v = R.verdict(holds, n_seeds(*methods), CRITERIA["min_seeds"])
-        verdicts.append((claim, v))
-        rows.append({"claim": claim, "measured": measured, "reproduced": v})
-    display(Markdown(R.markdown_table(rows, ["claim", "measured", "reproduced"])))
-
-# %%
-if HAVE_LOGS:
-    groups = {"reproduced": [c for c, v in verdicts if v == "yes"],
-              "not reproduced": [c for c, v in verdicts if v == "no"],
-              "undetermined": [c for c, v in verdicts if v.startswith("undetermined")]}
-    lines = [f"On the `{PROFILE}` logs, by the criteria of §0:"]
-    for outcome, claims in groups.items():
-        lines.append(f"* **{outcome}** ({len(claims)}): " + ("; ".join(claims) if claims else "none"))
-    if groups["undetermined"]:
-        lines.append("\nUndetermined claims need more seeds or the missing runs "
-                     "(`python -m rlsd reproduce --profile cpu` runs every method).")
-    display(Markdown("\n".join(lines)))
+if HAVE_LOGS and "grpo" in runs:
+    rows = [{"run − GRPO, peak, points": label(m), **{
+        name: paired_peak(m, key) for name, key in (
+            ("sampled leak rate (validation decoding)", "leak_rate"),
+            ("rollout leak rate (T = 1)", "rollout_leak_rate"),
+            ("P(mention)", "mention_prob"),
+            ("unsupported answers", "unsupported_answer_rate"))}} for m in LEAK_METHODS if m != "grpo"]
+    display(Markdown(R.markdown_table(rows)))

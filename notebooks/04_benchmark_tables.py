@@ -77,7 +77,8 @@ print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now
 # Qwen3-VL could not read a real chart or geometry figure anyway. What the CPU *can* run is the same experiment
 # at toy scale. The CPU reproduction (`python -m rlsd reproduce --profile cpu`) trains every method of Table 2 from
 # one warm start on the synthetic testbed (coloured squares to count and compare, notebook 05), with the same
-# trainer and several seeds, and evaluates each final model on 300 held-out test problems. That gives a
+# trainer and several seeds, and evaluates each final model on the held-out test split (its size, printed in §2,
+# is read from the logs). That gives a
 # **Table 2-style** table, but its single column is *testbed test accuracy*, not any of the paper's benchmarks.
 # So the two tables are shown **beside each other and never merged**. A testbed number in a MathVista column would
 # mean nothing.
@@ -99,7 +100,7 @@ print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now
 # |---|---|---|---|
 # | 1. the paper's Table 2 | nothing | shown | shown + written to `figures/04_table2_paper.*` |
 # | 2. Table 2-style on the testbed | `data/runs/cpu/summary.json` | 1-seed, 3-step mini reproduction (plumbing) | the reproduction → `figures/04_table2_testbed.*` |
-# | 3. harness vs `rlsd.evaluate` | `data/tiny-sft` | 8 test problems | 300 test problems |
+# | 3. harness vs `rlsd.evaluate` | `data/tiny-sft` | 8 test problems | the reproduction's test split (all of it) |
 # | 4. the paper's benchmarks | GPU + images + `RLSD_GPU_MODEL` | scoring-only check of the harness | same |
 
 # %% tags=["parameters"]
@@ -113,7 +114,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
 
@@ -129,13 +129,14 @@ from rlsd.benchmarks.paper import (PAPER_MODEL, PAPER_SOURCE, PAPER_TABLE2, base
 from rlsd.config import SHIPPED_TINY, make_config  # noqa: E402
 from rlsd.evaluate import evaluate, wilson_interval  # noqa: E402
 from rlsd.model import ModelSpec, load_policy  # noqa: E402
-from rlsd.plots import FIGURES_DIR, save_figure  # noqa: E402
+from rlsd.plots import FIGURES_DIR, save_figure, table2_gains_figure  # noqa: E402
 from rlsd.rollout import VALIDATION_SAMPLING  # noqa: E402
 from rlsd.testbed import load_splits  # noqa: E402
 
 SAVE_FIGURES = PROFILE != "smoke"  # smoke runs must not overwrite the committed tables and figures
 RUNS_DIR = Path("data/runs") / PROFILE
-N_HARNESS = {"smoke": 8, "cpu": 300}[PROFILE]
+# Section 3 scores the test split the reproduction evaluated (the profile's eval_problems); smoke: 8 problems.
+N_HARNESS = 8 if PROFILE == "smoke" else make_config(PROFILE).eval_problems
 print(f"profile={PROFILE}; writing tables and figures: {SAVE_FIGURES}")
 
 # %% [markdown]
@@ -168,7 +169,8 @@ if SAVE_FIGURES:
 # One extra row, **OPSD with an online teacher** (the teacher is the current policy rather than the frozen initial
 # one), is labelled as such: the paper's Table 2 does not have it. We run it for notebook 02 (leakage, and the
 # paper's trilemma: an online teacher trades stability for early gains). Each cell is the **final** test evaluation
-# (300 problems, the paper's validation sampling T 0.7, top-p 0.8, top-k 20), mean ± standard deviation over seeds,
+# (the test split, its size printed below; the paper's validation sampling T 0.7, top-p 0.8, top-k 20), mean ±
+# standard deviation over seeds,
 # with the range. The Base row is one evaluation of the
 # warm start (no training, so no seeds).
 #
@@ -206,6 +208,8 @@ def load_summary(profile: str):
 summary, base_eval = load_summary(PROFILE)
 if summary is not None:
     print(f"profile {summary['profile']}, seeds {summary['seeds']}, wall time {summary['wall_time_s'] / 60:.1f} min")
+    if base_eval is not None:
+        print(f"every evaluation scores {base_eval['student/none']['n']} held-out test problems")
 
 # %%
 TESTBED_TITLE = ("Table 2-style, measured on the CPU testbed (tiny Qwen3-VL, mean ± std over seeds, "
@@ -253,56 +257,27 @@ if testbed_shown is not None:
                    ["Method", "Seeds", "Test accuracy (%)", "Leak rate (%)", "Unsupported-answer rate (%)"]))
 display(HTML(html_tables_side_by_side(tables)))
 
+# %% [markdown]
+# The gains as a figure (`rlsd.plots.table2_gains_figure`). Each testbed bar is a mean over that method's seeds
+# (n under its name) with the min–max range; online OPSD's collapse gets its own panel and scale, its value written
+# on the bar, so that it does not flatten the others.
+
 # %%
-def gains_figure(testbed_rows):
-    """Left: the paper's Avg. gain over Base; right: the testbed accuracy gain over Base (mean, min-max bar)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    order = ["grpo", "opsd", "sdpo", "grpo_opsd", "rlsd"]
-    labels = {"grpo": "GRPO", "opsd": "OPSD", "sdpo": "SDPO", "grpo_opsd": "GRPO+OPSD", "rlsd": "RLSD",
-              "opsd_online": "OPSD\n(online)"}
-    gains = [PAPER_TABLE2[m]["avg"] - PAPER_TABLE2["base"]["avg"] for m in order]
-    axes[0].bar(range(len(order)), gains, color=["tab:red" if m == "rlsd" else "tab:gray" for m in order])
-    axes[0].set_xticks(range(len(order)), [labels[m] for m in order])
-    axes[0].set_title(f"paper ({PAPER_MODEL}): Avg. − Base", fontsize=10)
-    axes[0].set_ylabel("points")
-    if testbed_rows is None:
-        axes[1].text(0.5, 0.5, "no CPU reproduction yet", ha="center", va="center")
-        axes[1].set_axis_off()
-    else:
-        base = next(r for r in testbed_rows if r["method"] == "base")["accuracy_mean"]
-        rows = [r for r in testbed_rows if r["method"] != "base" and r["accuracy_mean"] is not None]
-        x = range(len(rows))
-        means = [r["accuracy_mean"] - base for r in rows]
-        err = [[r["accuracy_mean"] - r["accuracy_min"] for r in rows],
-               [r["accuracy_max"] - r["accuracy_mean"] for r in rows]]
-        axes[1].bar(x, means, yerr=err, capsize=3,
-                    color=["tab:red" if r["method"] == "rlsd" else "tab:gray" for r in rows])
-        axes[1].set_xticks(list(x), [labels.get(r["method"], r["method"]) for r in rows])
-        n_seeds = max(r["seeds"] for r in rows)
-        axes[1].set_title(f"CPU testbed (tiny Qwen3-VL): test accuracy − Base\nmean over {n_seeds} seed(s), "
-                          "bar = min–max", fontsize=10)
-        axes[1].set_ylabel("points")
-    for ax in axes:
-        ax.axhline(0, color="black", lw=0.8)
-    fig.suptitle("Gain over each table's own Base row (different tasks and scales: compare the orderings)",
-                 fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-fig = gains_figure(testbed_rows)
+fig = table2_gains_figure(testbed_rows, PAPER_TABLE2, PAPER_MODEL)
 if SAVE_FIGURES and testbed_rows is not None:
     save_figure(fig, "04_table2_gains")
 fig
 
 # %% [markdown]
 # **Reading it.** The cell below prints the order of the methods in each table and the RLSD − GRPO gap, the paper's
-# headline comparison, with its uncertainty over seeds. A difference between two testbed means smaller than about two
-# of its uncertainties is not a ranking; with fewer than 3 seeds there is no uncertainty to speak of. The paper
-# reports one run per method, so its table has no error bars to compare with.
+# headline comparison, with its uncertainty. The testbed gap is **paired by seed** (the same seed draws the same
+# prompts and sampling seeds in both methods): the mean of the per-seed differences of final test accuracy with its
+# paired standard error, read from `summary.json` (`paired_vs_grpo`), the same number as notebook 03's paired table.
+# A difference smaller than about two of its standard errors is not a ranking; with fewer than 3 seeds there is no
+# uncertainty to speak of. The paper reports one run per method, so its table has no error bars to compare with.
 
 # %%
-def ordering_report(testbed_rows):
+def ordering_report(testbed_rows, paired):
     paper_order = sorted((m for m in PAPER_TABLE2 if m != "base"), key=lambda m: -PAPER_TABLE2[m]["avg"])
     print("paper, by Avg.:         " + " > ".join(f"{m} {PAPER_TABLE2[m]['avg']:.2f}" for m in paper_order))
     print(f"paper, RLSD − GRPO:     {PAPER_TABLE2['rlsd']['avg'] - PAPER_TABLE2['grpo']['avg']:+.2f} points (Avg.)")
@@ -312,16 +287,15 @@ def ordering_report(testbed_rows):
     trained = sorted((m for m in rows if m != "base"), key=lambda m: -rows[m]["accuracy_mean"])
     print("testbed, by accuracy:   " + " > ".join(f"{m} {rows[m]['accuracy_mean']:.1f}" for m in trained)
           + f"   (base {rows['base']['accuracy_mean']:.1f})")
-    if "rlsd" in rows and "grpo" in rows:
-        a, b = rows["rlsd"], rows["grpo"]
-        se = ((a["accuracy_std"] ** 2 / max(a["seeds"], 1)) + (b["accuracy_std"] ** 2 / max(b["seeds"], 1))) ** 0.5
-        n = min(a["seeds"], b["seeds"])
-        print(f"testbed, RLSD − GRPO:   {a['accuracy_mean'] - b['accuracy_mean']:+.1f} ± {se:.1f} points "
-              f"(difference of means ± its standard error over seeds; n = {n} seed(s) each"
-              + (", too few to rank)" if n < 3 else ")"))
+    d = (paired or {}).get("rlsd", {}).get("final")
+    if d and d.get("mean") is not None:
+        se = "n/a" if d.get("se") is None else f"{100 * d['se']:.2f}"
+        print(f"testbed, RLSD − GRPO:   {100 * d['mean']:+.2f} ± {se} points (final test accuracy, paired by seed: "
+              f"mean of the per-seed differences ± paired SE; {d['positive']}/{d['n']} seeds positive"
+              + (", too few to rank)" if d["n"] < 3 else ")"))
 
 
-ordering_report(testbed_rows)
+ordering_report(testbed_rows, summary["paired_vs_grpo"] if summary is not None else None)
 
 # %% [markdown]
 # ## 3. The harness on the testbed agrees with `rlsd.evaluate`
@@ -381,18 +355,27 @@ print(f"batch 64: accuracy {harness['headline']:.3f} (95% CI {low:.3f}–{high:.
       f"identical responses {sum(a == b for a, b in zip(other, harness_responses))}/{N_HARNESS}")
 
 # %% [markdown]
-# The reproduction's Base row was measured by `rlsd.reproduce` with these same settings (300 test problems, seed 0,
-# batch 64) on the same checkpoint. Under `cpu` the harness number should therefore equal that row exactly.
+# The reproduction's Base row was measured by `rlsd.reproduce` on the same checkpoint with the settings recorded in
+# `base_eval.json` (`key`: the weights' SHA-256, the number of test problems, the response budget, the seed; batch
+# 64). Section 3 scored the same test split with the same settings, so under `cpu` the harness number must equal
+# that row exactly; the cell checks the settings first and says which one differs if any does.
 
 # %%
 if summary is not None and PROFILE == "cpu" and base_eval is not None:
+    from rlsd.reproduce import base_eval_key
+
     base_record = base_eval["student/none"]
+    now = base_eval_key(SHIPPED_TINY, N_HARNESS, eval_tokens, 0)
+    then = base_eval.get("key") or {}
+    differ = [k for k in ("model_sha256", "n_test", "max_new_tokens", "seed") if now and then.get(k) != now.get(k)]
+    print("settings (weights' SHA-256, test problems, new tokens, seed): "
+          + ("the same as the reproduction's" if not differ else "DIFFERENT in " + ", ".join(differ)))
     match = base_record["n"] == harness["n"] and base_record["accuracy"] == harness["headline"]
     print(f"reproduction Base row: {base_record['accuracy']:.4f} on {base_record['n']} problems; harness: "
           f"{harness['headline']:.4f} on {harness['n']} -> {'identical' if match else 'DIFFERENT'}")
     if not match:
-        print("A difference here means data/tiny-sft changed after the reproduction ran (or the evaluation size "
-              "differs): re-run the reproduction, or compare against the checkpoint it used.")
+        print("Not identical: " + ("the settings above differ." if differ else
+                                   "same settings, so the harness and rlsd.reproduce disagree (a bug)."))
 else:
     print("(no CPU reproduction to compare with under this profile)")
 

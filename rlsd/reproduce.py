@@ -221,24 +221,21 @@ def _finished(out: Path, steps: int) -> bool:
 
 
 def draw_figures(logs: Path, suffix: str = "", directory: str | None = None) -> list[Path]:
-    """Training dynamics (Figure 5 style) and leakage curves from the logs in `logs`."""
-    from rlsd.plots import LEAKAGE_PANELS, TRAINING_PANELS, plot_panels, save_figure
+    """Training dynamics (Figure 5 style, with the paired run − GRPO difference) and the three leakage measures
+    from the logs in `logs` (rlsd.plots.training_dynamics_figure, leakage_figure; notebooks 03 and 02 draw the
+    same figures with the same functions)."""
+    from rlsd.plots import leakage_figure, save_figure, training_dynamics_figure
     from rlsd.runs import load_runs, with_base_eval
 
     runs = load_runs(logs)
     base_path = Path(logs) / "base_eval.json"
-    if base_path.exists():  # the warm start's evaluation is every curve's step-0 point
-        runs = with_base_eval(runs, json.loads(base_path.read_text())["student/none"])
+    base = json.loads(base_path.read_text()) if base_path.exists() else None
+    if base is not None:  # the warm start's evaluation is every curve's step-0 point
+        runs = with_base_eval(runs, base["student/none"])
     paths = []
     configs = [json.loads(p.read_text()) for p in sorted(Path(logs).glob("rlsd-s*/config.json"))]
     lam_zero = configs[0]["rlsd_decay_steps"] if configs and configs[0]["rlsd_decay_steps"] else None
     items = configs[0]["eval_problems"] if configs else None
-    fig = plot_panels(runs, TRAINING_PANELS, "Training dynamics on the CPU testbed (mean over seeds, band: min-max "
-                      "over seeds, bars: binomial 95% CI)", smooth=10, lambda_zero_step=lam_zero, eval_items=items,
-                      methods=[m for m in ("grpo", "rlsd", "opsd", "sdpo", "grpo_opsd", "rlsd_const") if m in runs])
-    paths += save_figure(fig, f"03_training_dynamics{suffix}", directory)
-    fig = plot_panels(runs, LEAKAGE_PANELS, "OPSD leakage vs GRPO and RLSD (mean over seeds, band: min-max over "
-                      "seeds)", smooth=10, ncols=3, lambda_zero_step=lam_zero, eval_items=items,
-                      methods=[m for m in ("grpo", "rlsd", "opsd", "opsd_online") if m in runs])
-    paths += save_figure(fig, f"02_leakage{suffix}", directory)
+    paths += save_figure(training_dynamics_figure(runs, lam_zero, items), f"03_training_dynamics{suffix}", directory)
+    paths += save_figure(leakage_figure(runs, base, lam_zero), f"02_leakage{suffix}", directory)
     return list(paths)

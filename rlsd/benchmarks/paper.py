@@ -57,7 +57,8 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
 # The CPU testbed's Table 2-style rows: the paper's methods in its order, then the extra OPSD variant.
 TESTBED_METHODS = ("base", "grpo", "opsd", "sdpo", "grpo_opsd", "rlsd", "opsd_online")
 TESTBED_LABELS = {**METHOD_LABELS, "base": "Base (warm start)",
-                  "opsd_online": "OPSD, online teacher (extra; not in the paper's Table 2)"}
+                  "opsd_online": "OPSD, online teacher (extra; not in the paper's Table 2)",
+                  "rlsd_const": "RLSD, constant λ (extra; not in the paper's Table 2)"}
 
 
 def paper_table2_rows() -> list[dict]:
