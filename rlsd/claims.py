@@ -211,6 +211,13 @@ def _leakage(summary: dict) -> list[dict]:
                           f"peak P(mention), OPSD - GRPO: {_fmt(p_mention, digits=2)}{habit_text}",
                           NOT_DECLARED, _above(p_mention), "the declared criterion of 'OPSD leaks', kept as its "
                           "own row: the probability of the habit, not a count of leaks"))
+    for name, label in (("sdpo", "SDPO"), ("grpo_opsd", "GRPO+OPSD")):
+        p_other = _paired(summary, name, "peak_leak_rate")
+        if p_other:
+            rows.append(_verdicts(f"{label} leaks more than GRPO (sampled outputs at validation)", "leakage",
+                                  f"peak sampled leak rate, validation decoding, {label} - GRPO: "
+                                  f"{_fmt(p_other, digits=2)}", NOT_DECLARED, _above(p_other),
+                                  "post hoc: the other distillation methods' leakage was logged, not judged"))
     return rows
 
 

@@ -214,3 +214,9 @@ def test_credit_criteria_need_intervals_and_every_checkpoint():
     assert rows[pinned] == ("yes", "no")
     rows = verdicts(s, credit_json(moved=(0.3, 0.3), diffs=(0.1, 0.1)))  # two checkpoints: too few
     assert rows[decisive][1].startswith("undetermined")
+
+
+def test_other_distillation_methods_get_leak_rows():
+    claim = "SDPO leaks more than GRPO (sampled outputs at validation)"
+    assert verdicts(summarise(grpo={"acc": RISE}, sdpo={"acc": RISE, "leak": 0.3}))[claim] == ("not declared", "yes")
+    assert verdicts(summarise(grpo={"acc": RISE}, sdpo={"acc": RISE}))[claim] == ("not declared", "no")
