@@ -2,7 +2,10 @@
 
 A run directory holds:
 
-    config.json        the run's configuration (written once the resume check has passed)
+    config.json        the run's configuration: the user's record, checked on every start (`read_run_config`:
+                       malformed, an unknown key or another value is refused) and rewritten only when the command
+                       line changes a field a resume may change
+    run.lock           the PID, host and start time of the run writing here (rlsd.files.RunLock)
     metrics.jsonl      one record per optimizer step      \
     eval.jsonl         one record per test evaluation      }  truncated to the resumed step on every start
     samples.jsonl      decoded samples per evaluation     /
@@ -14,6 +17,9 @@ Writing a checkpoint (`write_checkpoint`), with a kill possible between any two 
     2. checkpoint/ -> checkpoint.old/        (a kill here leaves .tmp and .old, both complete)
     3. checkpoint.tmp/ -> checkpoint/        (a kill here leaves checkpoint/ and .old, both complete)
     4. checkpoint.old/ is removed
+
+A failure while checkpoint.tmp/ is filled (before its marker) removes it; out of space it is `DiskFullError`, one
+line naming the directory and the intact checkpoint.
 
 On start (`settle`), the newest complete directory among checkpoint/, checkpoint.tmp/ and checkpoint.old/ is
 promoted to checkpoint/ and the others are removed only after that, so the only complete checkpoint is never

@@ -741,3 +741,35 @@ def test_sampling_is_seeded_per_item_so_any_batch_size_gives_the_same_responses(
                     progress=False).responses == runs[8][3:]
     other = evaluate(model, processor, test, sampling=sampling, seed=1, batch_size=8, progress=False).responses
     assert other != runs[8]  # the seed still matters
+
+
+def test_a_resumed_benchmark_reproduces_its_responses_at_any_batch_size(tmp_path, monkeypatch, live_pid):
+    from test_benchmark_cli import build_data_dir, tiny_config
+
+    from rlsd.benchmarks import run as R
+    from rlsd.files import RunLockedError
+
+    data_dir, cache = build_data_dir(tmp_path / "data"), tmp_path / "cache"
+    options = dict(benchmarks=("mathvista",), limit=3, max_new_tokens=12)
+    whole, out = tmp_path / "whole", tmp_path / "resumed"
+    R.run_benchmarks(tiny_config(data_dir, cache, whole, batch_size=3, **options))
+    real, calls = R.append_predictions, []
+
+    def append_then_interrupt(path, records):  # Ctrl-C after the first batch was written
+        real(path, records)
+        calls.append(path)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(R, "append_predictions", append_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            R.run_benchmarks(tiny_config(data_dir, cache, out, batch_size=1, **options))
+    assert not (out / "run.lock").exists()
+    resumed = R.run_benchmarks(tiny_config(data_dir, cache, out, batch_size=2, **options))
+    assert resumed["generated"]["mathvista/testmini"] == 2
+    name = "predictions/mathvista.testmini.jsonl"
+    assert R.read_predictions(out / name) == R.read_predictions(whole / name)
+
+    write_lock(out, live_pid)  # a second benchmark on a directory in use
+    with pytest.raises(RunLockedError, match=f"{out}: in use by another train \\(PID {live_pid} "):
+        R.run_benchmarks(tiny_config(data_dir, cache, out, batch_size=2, **options))
