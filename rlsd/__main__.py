@@ -181,12 +181,16 @@ def cmd_evaluate(args):
     import torch
 
     from rlsd.evaluate import evaluate
-    from rlsd.model import ModelSpec, load_policy
+    from rlsd.model import ModelSpec, check_adapter_files, load_adapter, load_policy
     from rlsd.rollout import VALIDATION_SAMPLING
     from rlsd.testbed import load_splits
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.adapter:
+        check_adapter_files(args.adapter)  # before the model loads
     model, processor = load_policy(ModelSpec(path=args.model))
+    if args.adapter:
+        model = load_adapter(model, args.adapter)
     model.eval()
     _, val, test = load_splits(n_train=0, n_val=args.n if args.split == "val" else None,
                                n_test=args.n if args.split == "test" else None)
@@ -289,6 +293,7 @@ def main(argv=None):
 
     p = sub.add_parser("evaluate", help="evaluate a model directory on the testbed")
     p.add_argument("--model", default="data/tiny-sft", help="model directory")
+    p.add_argument("--adapter", default=None, help="peft LoRA adapter directory (safetensors) to put on the model")
     p.add_argument("--split", choices=["val", "test"], default="test")
     p.add_argument("--format", choices=["student", "teacher"], default="student")
     p.add_argument("--control", choices=["none", "blank", "shuffled"], default="none")
@@ -333,8 +338,15 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(u for u in unknown if u not in late or not hasattr(args, 'overrides'))}")
     if late:
         args.overrides = list(args.overrides) + late
+    previous = _sigterm_as_interrupt()
     try:
         code = args.func(args)
+    except KeyboardInterrupt as e:
+        # Ctrl-C and SIGTERM end alike: one line (the trainer's names the step), the files as a kill leaves them.
+        if os.environ.get("RLSD_DEBUG"):
+            raise
+        print(f"error: {e.args[0] if e.args else 'interrupted; the same command resumes'}", file=sys.stderr)
+        return 130
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         # Bad input (DataError, CheckpointError and config errors are ValueError/RuntimeError subclasses) and path
         # problems: one line, exit code 2. RLSD_DEBUG=1 shows the traceback.
@@ -342,16 +354,40 @@ def main(argv=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _restore_sigterm(previous)
     return code or 0
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does (main thread only); returns the handler it replaced."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore_sigterm(previous):
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _is_user_error(e: BaseException) -> bool:
     """Errors that describe the user's input (a file, a path, a config value), as opposed to bugs."""
     from rlsd.checkpoint import CheckpointError
     from rlsd.data import DataError
+    from rlsd.files import RunLockedError
     from rlsd.preflight import PreflightError
 
-    if isinstance(e, (DataError, CheckpointError, PreflightError, OSError, FloatingPointError)):
+    if isinstance(e, (DataError, CheckpointError, PreflightError, RunLockedError, OSError, FloatingPointError)):
         return True
     return type(e) is ValueError  # config validation raises plain ValueError naming the field
 

@@ -2,7 +2,10 @@
 
 A run directory holds:
 
-    config.json        the run's configuration (written once the resume check has passed)
+    config.json        the run's configuration: the user's record, checked on every start (`read_run_config`:
+                       malformed, an unknown key or another value is refused) and rewritten only when the command
+                       line changes a field a resume may change
+    run.lock           the PID, host and start time of the run writing here (rlsd.files.RunLock)
     metrics.jsonl      one record per optimizer step      \
     eval.jsonl         one record per test evaluation      }  truncated to the resumed step on every start
     samples.jsonl      decoded samples per evaluation     /
@@ -14,6 +17,9 @@ Writing a checkpoint (`write_checkpoint`), with a kill possible between any two 
     2. checkpoint/ -> checkpoint.old/        (a kill here leaves .tmp and .old, both complete)
     3. checkpoint.tmp/ -> checkpoint/        (a kill here leaves checkpoint/ and .old, both complete)
     4. checkpoint.old/ is removed
+
+A failure while checkpoint.tmp/ is filled (before its marker) removes it; out of space it is `DiskFullError`, one
+line naming the directory and the intact checkpoint.
 
 On start (`settle`), the newest complete directory among checkpoint/, checkpoint.tmp/ and checkpoint.old/ is
 promoted to checkpoint/ and the others are removed only after that, so the only complete checkpoint is never
@@ -33,6 +39,8 @@ import shutil
 from pathlib import Path
 
 import torch
+
+from rlsd.files import disk_full, disk_full_error, write_text
 
 NAMES = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
 MARKER = "COMPLETE"
@@ -92,14 +100,23 @@ def write_checkpoint(out: Path, step: int, state: dict, config_json: str, save_w
     hook = hook or (lambda point: None)
     final, tmp, old = (out / n for n in NAMES)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / "state.pt")
-    (tmp / "config.json").write_text(config_json, encoding="utf-8")
-    save_weights(tmp)
-    _fsync_tree(tmp)
-    hook("files")
-    (tmp / MARKER).write_text(json.dumps({"step": step}))
-    _fsync_tree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        torch.save(state, tmp / "state.pt")
+        (tmp / "config.json").write_text(config_json, encoding="utf-8")
+        save_weights(tmp)
+        _fsync_tree(tmp)
+        hook("files")
+        (tmp / MARKER).write_text(json.dumps({"step": step}))
+        _fsync_tree(tmp)
+    except BaseException as e:  # an incomplete checkpoint.tmp is of no use: remove it now (a kill leaves it to settle)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(e):
+            kept = complete_step(final)
+            raise disk_full_error(out, f"the checkpoint of step {step}",
+                                  f"{final} (step {kept}) is intact" if kept is not None else
+                                  "no earlier checkpoint existed") from None
+        raise
     hook("written")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -171,6 +188,33 @@ def read_saved_config(ckpt: Path) -> dict | None:
         raise CheckpointError(f"{path}: unreadable config ({e})") from None
 
 
+def read_run_config(path: Path) -> dict | None:
+    """A run directory's config.json (the user's record of the run), checked: None if absent; CheckpointError
+    naming the file if it is not a JSON object or has a key TrainConfig does not know."""
+    import dataclasses
+
+    from rlsd.config import TrainConfig
+    from rlsd.model import ModelSpec
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); restore it or choose another --out") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known_model = {f.name for f in dataclasses.fields(ModelSpec)}
+    unknown = sorted(set(record) - known) + sorted(f"model.{k}" for k in set(
+        record.get("model") if isinstance(record.get("model"), dict) else {}) - known_model)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key {unknown[0]!r} (not a TrainConfig field); restore the file or "
+                              "choose another --out")
+    return record
+
+
 def load_state(ckpt: Path) -> dict:
     """state.pt of a checkpoint, loaded without unpickling arbitrary objects."""
     path = ckpt / "state.pt"
@@ -207,9 +251,7 @@ def truncate_logs(out: Path, step: int, names: tuple[str, ...] = LOG_FILES) -> d
             else:
                 n_drop += 1
         if n_drop:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-            os.replace(tmp, path)
+            write_text(path, "".join(line + "\n" for line in keep))
         dropped[name] = n_drop
     return dropped
 

@@ -43,6 +43,12 @@ class TrainConfig:
     data_max_bad_fraction: float = 0.01
     """A hub dataset's unusable rows (missing answer, unreadable image, ...) are skipped and counted; more than
     this share of the rows examined fails the run at start."""
+    max_prompt_tokens: int = 0
+    """Longest question, in tokens, a training or test row may have (0: the model's context less the response
+    budget and one image at `model.max_pixels`). Checked at load, before the model loads."""
+    long_prompts: str = "refuse"
+    """A row whose question is over `max_prompt_tokens`: 'refuse' (the load fails naming the row) or 'truncate'
+    (its question is cut to the limit; one line says how many rows were cut)."""
 
     # --- rollouts
     steps: int = 200
@@ -273,6 +279,10 @@ class TrainConfig:
             bad("sdpo_demo", f"must be 'answer' or 'full', got {self.sdpo_demo!r}")
         if self.grpo_opsd_mu < 0:
             bad("grpo_opsd_mu", f"must be >= 0, got {self.grpo_opsd_mu}")
+        if self.max_prompt_tokens < 0:
+            bad("max_prompt_tokens", f"must be >= 0 (0: from the model's context), got {self.max_prompt_tokens}")
+        if self.long_prompts not in ("refuse", "truncate"):
+            bad("long_prompts", f"must be 'refuse' or 'truncate', got {self.long_prompts!r}")
         return self
 
     def to_json(self) -> str:
@@ -435,6 +445,18 @@ def make_config(profile: str = "cpu", overrides: list[str] | dict | None = None,
 RESUME_MAY_CHANGE = {"out", "steps", "save_every", "eval_every", "eval_dense_every", "eval_dense_until",
                      "samples_per_eval", "tensorboard", "log_drift_grad", "device", "stop_after_zero_variance_steps",
                      "micro_batch_size", "rollout_batch_size", "score_batch_size", "rollout_cache", "rollout_compile"}
+
+
+def prompt_token_limit(cfg: TrainConfig, model_config) -> int:
+    """Default `max_prompt_tokens`: the model's context less the response budget, one image at `model.max_pixels`
+    (one token per 32 x 32 pixels) and the chat template's own tokens."""
+    context = model_config.get_text_config().max_position_embeddings
+    image = (cfg.model.max_pixels or 1024 * 1024) // (32 * 32)
+    limit = context - max(cfg.max_new_tokens, cfg.eval_max_new_tokens) - image - 64
+    if limit < 1:
+        raise ValueError(f"TrainConfig.max_new_tokens: {cfg.max_new_tokens} response tokens and a {image}-token image "
+                         f"leave no room for a question in the model's {context}-token context")
+    return limit
 
 
 def flat_fields(d: dict, prefix: str = "") -> dict:

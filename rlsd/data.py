@@ -651,3 +651,40 @@ def load_train_and_eval(data: str, n_train: int, n_eval: int, seed: int = 0,
     """
     split = load_split(data, n_train, n_eval, seed, max_bad_fraction)
     return split.train, split.eval
+
+
+# ------------------------------------------------------------------------------------------------- prompt length
+
+
+CHARS_PER_TOKEN_CHECKED = 16
+"""Only the first limit x this many characters of a question are tokenized to decide whether it is too long: a token
+is rarely longer, so a 200,000-character row costs a bounded tokenization, never one of its whole text."""
+
+
+def question_tokens(tokenizer, text: str, limit: int) -> int:
+    """The question's token count if it is at most `limit`, else some count > `limit` (memory bounded)."""
+    head = text[:limit * CHARS_PER_TOKEN_CHECKED + 1]
+    n = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    if n > limit or len(head) == len(text):
+        return n
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])  # > 16 chars a token: rare, and short enough
+
+
+def limit_prompt_lengths(problems: list[Problem], tokenizer, limit: int, mode: str = "refuse",
+                         where: str = "data") -> int:
+    """Refuse (DataError naming the row) or, with mode='truncate', cut in place every question over `limit` tokens.
+
+    Returns the number of questions cut. Runs before the model loads and before any rollout."""
+    cut = 0
+    for p in problems:
+        n = question_tokens(tokenizer, p.question, limit)
+        if n <= limit:
+            continue
+        if mode != "truncate":
+            shown = f"at least {n}" if len(p.question) > limit * CHARS_PER_TOKEN_CHECKED else str(n)
+            raise DataError(f"{where}: problem {p.id!r}: the question is {shown} tokens ({len(p.question)} "
+                            f"characters), over max_prompt_tokens={limit}; shorten it, or set long_prompts=truncate")
+        ids = tokenizer(p.question[:limit * CHARS_PER_TOKEN_CHECKED], add_special_tokens=False)["input_ids"][:limit]
+        p.question = tokenizer.decode(ids)
+        cut += 1
+    return cut

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from rlsd.data import Problem
 from rlsd.inputs import encode_prompts
 from rlsd.prompts import student_messages, teacher_messages
-from rlsd.rollout import VALIDATION_SAMPLING, SamplingParams, hf_generate
+from rlsd.rollout import VALIDATION_SAMPLING, SamplingParams, hf_generate, item_seed
 from rlsd.scoring import score_responses, suppress_mask, suppressed_token_ids
 from rlsd.testbed import MENTION_PREFIX, mentions_reference, readout_checks, supported_answer
 from rlsd.verifier import extract_answer, format_ok, score_batch
@@ -104,8 +104,12 @@ def _thought(response: str) -> str:
 @torch.no_grad()
 def evaluate(model, processor, problems: list[Problem], fmt: str = "student", control: str = "none",
              sampling: SamplingParams = VALIDATION_SAMPLING, seed: int = 0, batch_size: int = 64,
-             progress: bool = True) -> EvalResult:
-    """Generate one response per problem and score it. Fixed seed -> same numbers."""
+             progress: bool = True, per_item_seeds: bool = False) -> EvalResult:
+    """Generate one response per problem and score it. Fixed seed -> same numbers.
+
+    `per_item_seeds`: each problem is sampled from its own seed (`rlsd.rollout.item_seed(seed, problem.id)`), so the
+    responses do not depend on the batch size. Off by default: the committed training logs (data/runs) were
+    evaluated with one seeded stream per evaluation, and `reproduce` must reproduce them bit for bit."""
     tok = processor.tokenizer
     suppress = suppressed_token_ids(tok, model.config.get_text_config().vocab_size)
     device = next(model.parameters()).device
@@ -121,7 +125,9 @@ def evaluate(model, processor, problems: list[Problem], fmt: str = "student", co
                           leave=False):
             end = min(start + batch_size, len(problems))
             batch = encode_prompts(processor, messages[start:end], images[start:end]).to(device)
-            rollout = hf_generate(model, batch, sampling, suppress, tok.eos_token_id, tok.pad_token_id)
+            rollout = hf_generate(model, batch, sampling, suppress, tok.eos_token_id, tok.pad_token_id,
+                                  row_seeds=[item_seed(seed, p.id) for p in problems[start:end]]
+                                  if per_item_seeds else None)
             for ids, mask in zip(rollout.response_ids_BT, rollout.response_mask_BT):
                 responses.append(tok.decode(ids[mask.bool()], skip_special_tokens=True))
             if is_testbed:

@@ -211,6 +211,21 @@ def disable_cpu_bf16_repacking(model) -> int:
     return n
 
 
+PICKLED_WEIGHTS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_weight_files(path: str | Path):
+    """A local model directory must hold safetensors weights: pickled ones (pytorch_model.bin, ...) are refused
+    naming the file, since loading a pickle can run code. Hub ids are loaded with use_safetensors=True."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    pickled = sorted(f for pattern in PICKLED_WEIGHTS for f in path.glob(pattern))
+    if pickled and not any(path.glob("*.safetensors")):
+        raise ValueError(f"{pickled[0]}: pickled weights are refused (loading them can run code); convert the "
+                         "model to safetensors (model.save_pretrained(dir) writes model.safetensors)")
+
+
 def load_policy(spec: ModelSpec, device: str | torch.device | None = None, trainable: bool = True):
     """Load (model, processor) as `spec` says. The model is in train mode, trainable params set.
 
@@ -220,9 +235,10 @@ def load_policy(spec: ModelSpec, device: str | torch.device | None = None, train
     if spec.load_in_4bit and spec.lora_rank <= 0 and trainable:
         raise ValueError("ModelSpec.load_in_4bit needs ModelSpec.lora_rank > 0 (4-bit weights cannot be trained)")
     check_extra(spec.extra)
+    check_weight_files(spec.path)
     dtype_name = resolve_dtype(spec.dtype, device)
     dtype = torch_dtype(dtype_name)
-    kwargs = dict(spec.extra)
+    kwargs = {"use_safetensors": True, **spec.extra}  # never a pickle, also from the hub
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     if spec.load_in_4bit:
@@ -273,6 +289,83 @@ def add_lora(model, spec: ModelSpec):
     config = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                         target_modules=lora_target_regex(spec.lora_projections), bias="none")
     return get_peft_model(model, config)
+
+
+ADAPTER_PREFIX = "base_model.model."
+
+
+def check_adapter_files(adapter: str | Path) -> tuple[dict, dict[str, list[int]]]:
+    """(adapter_config.json, {tensor name: shape}) of a peft LoRA adapter directory, read without loading weights.
+
+    Raises CheckpointError naming the directory: not a folder, a file missing, a config that is not a LoRA config,
+    a safetensors file cut short or corrupt."""
+    import json
+
+    from safetensors import safe_open
+
+    from rlsd.checkpoint import CheckpointError
+
+    path = Path(adapter)
+    if not path.is_dir():
+        raise CheckpointError(f"adapter {path}: not a directory (expected a peft adapter folder)")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (path / name).is_file():
+            found = " (adapter_model.bin is a pickle: refused)" if (path / "adapter_model.bin").is_file() else ""
+            raise CheckpointError(f"adapter {path}: {name} is missing{found}")
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"adapter {path}: adapter_config.json is not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA" or not isinstance(config.get("r"), int):
+        raise CheckpointError(f"adapter {path}: adapter_config.json is not a LoRA config (peft_type "
+                              f"{config.get('peft_type') if isinstance(config, dict) else None!r}, integer r)")
+    try:  # safetensors checks the header against the file size: a truncated file fails here, before any load
+        with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"adapter {path}: adapter_model.safetensors is incomplete or corrupt "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if not any(".lora_A." in k for k in shapes):
+        raise CheckpointError(f"adapter {path}: adapter_model.safetensors holds no LoRA weights")
+    return config, shapes
+
+
+def check_adapter_fits(adapter: str | Path, model):
+    """The adapter matches the loaded (base) model: every target module exists, rank and in/out features agree.
+
+    Raises CheckpointError naming the adapter directory and the first field that differs."""
+    from rlsd.checkpoint import CheckpointError
+
+    path = Path(adapter)
+    config, shapes = check_adapter_files(path)
+    modules = dict(model.named_modules())
+    ranks = config.get("rank_pattern") or {}
+    for key in sorted(shapes):
+        if ".lora_A." not in key and ".lora_B." not in key:
+            continue
+        name, kind = key.removeprefix(ADAPTER_PREFIX).rsplit(".lora_", 1)
+        module = modules.get(name)
+        if module is None or not hasattr(module, "in_features"):
+            raise CheckpointError(f"adapter {path}: target_modules: {name} is not a linear layer of the model "
+                                  f"({'absent' if module is None else type(module).__name__}); trained on another "
+                                  "base model?")
+        r = next((v for k, v in ranks.items() if name.endswith(k)), config["r"])
+        shape = shapes[key]
+        want = [r, module.in_features] if kind.startswith("A") else [module.out_features, r]
+        if shape != want:
+            field_name = "r" if (shape[0] if kind.startswith("A") else shape[1]) != r else \
+                "base model (in/out features)"
+            raise CheckpointError(f"adapter {path}: {field_name}: {key} is {shape}, this model and "
+                                  f"adapter_config.json (r={r}) need {want}")
+
+
+def load_adapter(model, adapter: str | Path, device=None):
+    """The base `model` with the LoRA adapter put on it (frozen), after `check_adapter_fits`."""
+    from peft import PeftModel
+
+    check_adapter_fits(adapter, model)
+    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    return model.to(device) if device is not None else model
 
 
 def trainable_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:

@@ -16,6 +16,7 @@ positions, which on a GPU lets transformers compile the decoding step (`compile=
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +90,40 @@ NEUTRAL_GENERATION = dict(repetition_penalty=1.0, encoder_repetition_penalty=1.0
                           eta_cutoff=0.0, num_beams=1, renormalize_logits=False)
 
 
+def item_seed(seed: int, key: str) -> int:
+    """Sampling seed of one item (evaluation, benchmarks): a pure function of (seed, the item's id), so an item's
+    response does not depend on which batch it is in, or on where a resumed run starts."""
+    return zlib.crc32(f"{seed}:{key}".encode("utf-8"))
+
+
+class RowSampler:
+    """Sampling as a logits processor, one torch.Generator per row: temperature, top-k, top-p (transformers'
+    warpers, same order and ties), then one draw per row from its own generator. Returns scores with only the drawn
+    token finite, so `generate` run greedily emits exactly it. A row's draws depend on its seed alone, never on
+    its batch (a batched multinomial draws every row from one stream)."""
+
+    def __init__(self, sampling: SamplingParams, seeds: list[int], device):
+        self.sampling = sampling
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids, scores_BV: torch.Tensor) -> torch.Tensor:
+        s = self.sampling
+        scores_BV = scores_BV.float() / s.temperature
+        if s.top_k:
+            kth_B1 = torch.topk(scores_BV, min(s.top_k, scores_BV.shape[-1]))[0][..., -1, None]
+            scores_BV = scores_BV.masked_fill(scores_BV < kth_B1, -float("inf"))
+        if s.top_p < 1.0:
+            sorted_BV, order_BV = torch.sort(scores_BV, descending=False)
+            cum_BV = sorted_BV.softmax(-1).cumsum(-1)
+            remove_BV = cum_BV <= (1 - s.top_p)
+            remove_BV[..., -1:] = False  # keep at least one token
+            scores_BV = scores_BV.masked_fill(remove_BV.scatter(1, order_BV, remove_BV), -float("inf"))
+        probs_BV = scores_BV.softmax(-1)
+        token_B = torch.cat([torch.multinomial(probs_BV[i], 1, generator=g) for i, g in enumerate(self.generators)])
+        out_BV = torch.full_like(scores_BV, -float("inf"))
+        return out_BV.scatter(1, token_B[:, None], 0.0)
+
+
 def generation_position_ids(base, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(position_ids_4BP, rope_deltas_B1) as `generate` computes them for a prompt batch (transformers 5.x, Qwen3-VL).
 
@@ -145,8 +180,11 @@ def shared_prefill(model, prompts: PromptBatch, cache: str = "dynamic", max_new_
 @torch.no_grad()
 def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_ids: list[int], eos_id: int,
                 pad_id: int, micro_batch_size: int | None = None, share_prompts: bool | None = None,
-                cache: str = "dynamic", compile: bool = False) -> Rollout:
+                cache: str = "dynamic", compile: bool = False, row_seeds: list[int] | None = None) -> Rollout:
     """Sample one response per row of `prompts` (repeat the batch G times first for groups).
+
+    `row_seeds`: one sampling seed per row (`RowSampler`), so a row's response does not depend on its batch;
+    None draws the batch from the global RNG (training rollouts, seeded per step).
 
     `share_prompts`: prefill each distinct prompt once (`shared_prefill`; default `rlsd.scoring.SHARE_PROMPTS`).
     `cache`: "dynamic" or "static" KV cache; `compile`: let `generate` compile the decoding step (static cache, GPU).
@@ -175,6 +213,13 @@ def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_
         gen_kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
     else:
         gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+    per_row = row_seeds is not None and sampling.temperature > 0
+    if row_seeds is not None and len(row_seeds) != prompts.batch_size:
+        raise ValueError(f"hf_generate: {len(row_seeds)} row_seeds for {prompts.batch_size} rows")
+    if per_row:  # RowSampler draws; generate only takes its (single finite) token
+        gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        for name in ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"):  # sampling-only: greedy warns on them
+            gen_kwargs.pop(name)
     chunks = []
     try:
         for rows in row_chunks(prompts.batch_size, micro_batch_size or 0):
@@ -182,7 +227,12 @@ def hf_generate(model, prompts: PromptBatch, sampling: SamplingParams, suppress_
             inputs = shared_prefill(model, part, cache, sampling.max_new_tokens) if share_prompts else None
             if inputs is None:
                 inputs = part.model_inputs() | ({"cache_implementation": "static"} if cache == "static" else {})
-            out = model.generate(**inputs, **gen_kwargs)
+            kwargs = gen_kwargs
+            if per_row:  # after the finite-logits guard: the row sampler draws from checked scores
+                sampler = RowSampler(sampling, [row_seeds[i] for i in rows], part.input_ids_BP.device)
+                kwargs = {**gen_kwargs, "logits_processor": LogitsProcessorList([*gen_kwargs["logits_processor"],
+                                                                                 sampler])}
+            out = model.generate(**inputs, **kwargs)
             chunks.append(out[:, part.input_ids_BP.shape[1]:])
     finally:
         model.train(was_training)

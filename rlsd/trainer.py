@@ -51,9 +51,10 @@ from tqdm.auto import tqdm
 from rlsd import algorithm as alg
 from rlsd import checkpoint as ckpt
 from rlsd import preflight
-from rlsd.config import TrainConfig, resume_conflicts
-from rlsd.data import Problem, load_train_and_eval
+from rlsd.config import TrainConfig, prompt_token_limit, resume_conflicts
+from rlsd.data import Problem, limit_prompt_lengths, load_train_and_eval
 from rlsd.evaluate import evaluate
+from rlsd.files import RunLock, append_text, disk_full, disk_full_error, write_text
 from rlsd.inputs import PromptBatch, encode_prompts, row_chunks
 from rlsd.model import load_policy
 from rlsd.precision import LossScale
@@ -273,6 +274,9 @@ class Trainer:
         # Before anything heavy loads or anything is written: the run directory must be usable, and a checkpoint
         # in it must be loadable (weights_only) and written by this same configuration.
         ckpt.check_run_dir(self.out)
+        self.lock = RunLock(self.out, "train")
+        self.lock.check()  # another live run writes here: refused now (the lock is taken when writing starts)
+        self.run_config = ckpt.read_run_config(self.out / "config.json")
         self.resume_dir, self.resume_state, problems = ckpt.find_resumable(self.out)
         for problem in problems:
             print(f"warning: skipping an unusable checkpoint: {problem}")
@@ -282,8 +286,14 @@ class Trainer:
             if conflicts:
                 raise ValueError(f"{self.resume_dir}: this run directory holds a run with another configuration "
                                  f"({'; '.join(conflicts)}); resume with the same values or choose another --out")
+        conflicts = resume_conflicts(self.run_config, cfg) if self.run_config is not None else []
+        if conflicts:
+            raise ValueError(f"{self.out / 'config.json'}: records another configuration ({'; '.join(conflicts)}); "
+                             "rerun with those values, or choose another --out")
         # The data next (seconds; a bad row or an offline hub id is reported before the model loads).
         self.train_problems, self.test_problems = load_training_problems(cfg)
+        if cfg.data != "testbed":  # the testbed's questions are generated, and short
+            self.limit_prompts()
         self.acc = accelerator or Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
         if cfg.log_drift_grad and self.acc.num_processes > 1:
             raise ValueError("TrainConfig.log_drift_grad works in a single process only (it takes a second gradient "
@@ -334,6 +344,18 @@ class Trainer:
                 return engine
         return None  # HF generate
 
+    def limit_prompts(self):
+        """Questions over the prompt limit are refused (or cut) now: before the model loads and any rollout."""
+        from transformers import AutoConfig, AutoTokenizer
+
+        cfg = self.cfg
+        limit = cfg.max_prompt_tokens or prompt_token_limit(cfg, AutoConfig.from_pretrained(cfg.model.path))
+        tok = AutoTokenizer.from_pretrained(cfg.model.path)
+        cut = sum(limit_prompt_lengths(problems, tok, limit, cfg.long_prompts, where=cfg.data)
+                  for problems in (self.train_problems, self.test_problems))
+        if cut:
+            print(f"{cfg.data}: {cut} questions cut to max_prompt_tokens={limit} (long_prompts=truncate)")
+
     def _open_logs(self):
         """Settle the checkpoints (the chosen one becomes checkpoint/), cut the logs back to its step, write config."""
         if not self.acc.is_main_process:
@@ -345,7 +367,13 @@ class Trainer:
         dropped = ckpt.truncate_logs(self.out, start)
         if any(dropped.values()):
             print(f"{self.out}: dropped log records after step {start}: {dropped}")
-        (self.out / "config.json").write_text(self.cfg.to_json())
+        record = json.loads(self.cfg.to_json())
+        if self.run_config != record:  # absent, or a field the command line may change (steps, out, ...): say so
+            if self.run_config is not None:
+                changed = sorted(k for k in set(record) | set(self.run_config)
+                                 if record.get(k) != self.run_config.get(k))
+                print(f"{self.out / 'config.json'}: updated as the command line asks ({', '.join(changed)})")
+            self.write_log_file("config.json", self.cfg.to_json(), append=False)
         if self.cfg.tensorboard and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -534,6 +562,19 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- loop
 
     def train(self) -> list[dict]:
+        if self.acc.is_main_process:
+            self.lock.acquire()  # released on any exit; a kill -9 leaves it to be taken over by the next run
+        try:
+            return self._train()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into this): one line, no traceback
+            last = ckpt.complete_step(self.out / "checkpoint")
+            raise KeyboardInterrupt(f"{self.out}: interrupted at step {self.step + 1} (last checkpoint: "
+                                    f"{'none' if last is None else f'step {last}'}); the same command resumes") \
+                from None
+        finally:
+            self.lock.release()
+
+    def _train(self) -> list[dict]:
         cfg = self.cfg
         self._open_logs()
         self.maybe_resume()
@@ -637,8 +678,7 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         name = "eval.jsonl" if "split" in record else "metrics.jsonl"
-        with (self.out / name).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.write_log_file(name, json.dumps(record) + "\n")
         if self.writer is not None:
             prefix = f"eval_{record.get('format', '')}/" if "split" in record else "train/"
             for k, v in record.items():
@@ -671,10 +711,21 @@ class Trainer:
         n = self.cfg.samples_per_eval
         if n == 0:
             return
-        with (self.out / "samples.jsonl").open("a") as f:
-            for p, resp, reward in list(zip(self.test_problems, res.responses, res.rewards))[:n]:
-                f.write(json.dumps({"step": self.step, "id": p.id, "question": p.question, "answer": p.answer,
-                                    "response": resp, "reward": reward}) + "\n")
+        self.write_log_file("samples.jsonl", "".join(
+            json.dumps({"step": self.step, "id": p.id, "question": p.question, "answer": p.answer, "response": resp,
+                        "reward": reward}) + "\n"
+            for p, resp, reward in list(zip(self.test_problems, res.responses, res.rewards))[:n]))
+
+    def write_log_file(self, name: str, text: str, append: bool = True):
+        """Append to (or replace) a log; out of space: no partial line left, one line naming the directory."""
+        try:
+            (append_text if append else write_text)(self.out / name, text)
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            last = ckpt.complete_step(self.out / "checkpoint")
+            raise disk_full_error(self.out, name, f"{self.out / 'checkpoint'} (step {last}) is intact"
+                                  if last is not None else "no checkpoint was written yet") from None
 
     # ---------------------------------------------------------------------------------------- checkpoints
 

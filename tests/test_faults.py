@@ -5,6 +5,7 @@ Runs go through the real CLI in process under the `smoke` profile (3 steps, chec
 evaluation at step 3) with the stand-in verifier of the trainer tests, and are compared with one uninterrupted run.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -358,3 +359,420 @@ def test_bad_training_data_is_one_line_before_the_run_directory_exists(content, 
                                    f"data={data}", "eval_every=0"])
     assert "train.jsonl" in line and needle in line, line
     assert not out.exists()
+
+
+# ----------------------------------------------------------------- second round: adapters, interrupts, disks, locks
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_dir, tmp_path_factory):
+    """A LoRA adapter (rank 2) of the tiny model, as `save_pretrained` writes it."""
+    from rlsd.model import ModelSpec, load_policy
+
+    model, _ = load_policy(ModelSpec(path=str(tiny_dir), lora_rank=2))
+    path = tmp_path_factory.mktemp("adapter") / "adapter"
+    model.save_pretrained(str(path))
+    return path
+
+
+def spoil_adapter(path: Path, how: str):
+    from safetensors.torch import load_file, save_file
+
+    weights = path / "adapter_model.safetensors"
+    if how == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[:len(data) // 2])
+    elif how == "rank":  # the config says one rank, the weights hold another
+        config = json.loads((path / "adapter_config.json").read_text())
+        (path / "adapter_config.json").write_text(json.dumps({**config, "r": 4}))
+    elif how == "base":  # trained on a model of another width: every lora_A has one more input column
+        tensors = load_file(str(weights))
+        save_file({k: torch.cat([v, v[:, :1]], 1) if ".lora_A." in k else v for k, v in tensors.items()},
+                  str(weights))
+    elif how == "targets":  # a module this model does not have
+        tensors = load_file(str(weights))
+        save_file({k.replace("q_proj", "qkv_fused"): v for k, v in tensors.items()}, str(weights))
+    elif how == "missing":
+        weights.unlink()
+
+
+def evaluate_argv(model, *extra):
+    return ["evaluate", "--model", str(model), "--n", "2", "--max-new-tokens", "4", "--json", *extra]
+
+
+@pytest.mark.parametrize("how, needle, before_load", [
+    ("truncated", "adapter_model.safetensors is incomplete or corrupt", True),
+    ("missing", "adapter_model.safetensors is missing", True),
+    ("rank", "r: ", False),
+    ("base", "base model (in/out features)", False),
+    ("targets", "target_modules", False),
+])
+def test_a_faulty_adapter_is_one_line_naming_it_and_what_differs(how, needle, before_load, adapter, tiny_dir,
+                                                                 tmp_path, capsys):
+    bad = tmp_path / "adapter"
+    shutil.copytree(adapter, bad)
+    spoil_adapter(bad, how)
+    capsys.readouterr()
+    assert cli_main(evaluate_argv(tiny_dir, "--adapter", str(bad))) == 2
+    captured = capsys.readouterr().err
+    assert ("Loading weights" not in captured) == before_load  # file faults: refused before the model loads
+    err = [line for line in captured.strip().splitlines() if not line.startswith("Loading weights")]
+    assert len(err) == 1 and err[0].startswith("error: adapter ") and str(bad) in err[0] and needle in err[0], err
+
+
+def test_evaluate_takes_a_good_adapter(adapter, tiny_dir, capsys):
+    capsys.readouterr()
+    assert cli_main(evaluate_argv(tiny_dir, "--adapter", str(adapter))) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 2
+
+
+def test_benchmark_checks_the_adapter_before_the_data(adapter, tmp_path):
+    from rlsd.benchmarks.run import BenchmarkRunError, check_adapter
+
+    bad = tmp_path / "adapter"
+    shutil.copytree(adapter, bad)
+    spoil_adapter(bad, "truncated")
+    with pytest.raises(BenchmarkRunError, match=f"--adapter {bad}: adapter_model.safetensors is incomplete"):
+        check_adapter(bad)
+    assert check_adapter(adapter) == adapter
+
+
+def test_pickled_model_weights_are_refused_naming_the_file(tiny_dir, tmp_path, capsys):
+    model, proof = tmp_path / "model", tmp_path / "code-ran"
+    shutil.copytree(tiny_dir, model)
+    for f in model.glob("*.safetensors"):
+        f.unlink()
+    torch.save({"payload": Payload(proof)}, model / "pytorch_model.bin")
+    line = one_line_error(capsys, evaluate_argv(model))
+    assert str(model / "pytorch_model.bin") in line and "pickled weights are refused" in line
+    assert not proof.exists()
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_sigint_and_sigterm_end_in_one_line_and_resume(signum, full, tiny_dir, tmp_path, monkeypatch, capsys):
+    import signal
+
+    out = tmp_path / "run"
+    real_update = T.Trainer.update
+
+    def update(self, batch):
+        if self.step == 2:  # after the checkpoint of step 2
+            os.kill(os.getpid(), getattr(signal, signum))
+        return real_update(self, batch)
+
+    def unexpected(*args):
+        raise Kill("SIGTERM reached the test's handler: the CLI did not handle it")
+
+    previous = signal.signal(signal.SIGTERM, unexpected)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(T.Trainer, "update", update)
+            capsys.readouterr()
+            assert cli_train("rlsd", out, tiny_dir) == 130
+        assert signal.getsignal(signal.SIGTERM) is unexpected  # the CLI puts the caller's handler back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert [line for line in err.splitlines() if line.startswith("error")] == [
+        f"error: {out}: interrupted at step 3 (last checkpoint: step 2); the same command resumes"], err
+    assert err.rstrip().endswith("the same command resumes")  # the last line printed
+    assert [ckpt.complete_step(c) for c in ckpt.complete_checkpoints(out)] == [2]
+    assert not (out / "run.lock").exists()
+    assert cli_train("rlsd", out, tiny_dir) == 0
+    assert_same_run(full, out)
+
+
+@pytest.fixture(scope="module")
+def two_steps(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two") / "run"
+    assert cli_train("rlsd", out, tiny_dir, "steps=2") == 0
+    return out
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: '{"method": "rlsd", "steps": ', "not valid JSON"),
+    (lambda d: json.dumps({**d, "stepz": 3}), "unknown key 'stepz'"),
+    (lambda d: json.dumps({**d, "model": {**d["model"], "lora_rnak": 8}}), "unknown key 'model.lora_rnak'"),
+    (lambda d: json.dumps([d]), "expected a JSON object"),
+    (lambda d: json.dumps({**d, "lr": 0.5}), "records another configuration (lr: 0.5 -> 1e-05)"),
+])
+def test_an_edited_run_config_is_refused_and_left_as_it_is(edit, needle, two_steps, tmp_path, tiny_dir, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    (out / "config.json").write_text(edit(json.loads((out / "config.json").read_text())))
+    before = snapshot(out)
+    line = one_line_error(capsys, ["train", "--method", "rlsd", "--profile", "smoke", "--seed", "0", "--out",
+                                   str(out), f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0",
+                                   "steps=2"])
+    assert str(out / "config.json") in line and needle in line, line
+    assert snapshot(out) == before
+
+
+def test_the_run_config_is_not_rewritten_unless_the_command_line_changes_it(two_steps, tmp_path, tiny_dir, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    mine = json.dumps({**json.loads((out / "config.json").read_text()), "out": str(out)}, indent=4)  # own format
+    (out / "config.json").write_text(mine)
+    assert cli_train("rlsd", out, tiny_dir, "steps=2") == 0
+    assert (out / "config.json").read_text() == mine
+    capsys.readouterr()
+    assert cli_train("rlsd", out, tiny_dir, "steps=3") == 0  # asked for: the record follows, and says so
+    assert json.loads((out / "config.json").read_text())["steps"] == 3
+    assert f"{out / 'config.json'}: updated as the command line asks (steps)" in capsys.readouterr().out
+
+
+def error_after_progress(capsys, argv, code=2) -> str:
+    """Run the CLI: exit `code`, no traceback, one error line and it is the last printed (progress bars before it)."""
+    capsys.readouterr()
+    assert cli_main(argv) == code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert "Traceback" not in err and len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    return errors[0]
+
+
+def enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_loses_nothing(full, tiny_dir, tmp_path, monkeypatch,
+                                                                       capsys):
+    out = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # the second checkpoint (step 3) finds the disk full half-way
+        calls.append(f)
+        if len(calls) == 2:
+            Path(f).write_bytes(b"partial")
+            enospc()
+        return real_save(obj, f, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(ckpt.torch, "save", save)
+        line = error_after_progress(capsys, ["train", "--method", "rlsd", "--profile", "smoke", "--seed", "0", "--out",
+                                       str(out), f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0"])
+    assert line == (f"error: {out}: no space left on device while writing the checkpoint of step 3; "
+                    f"{out / 'checkpoint'} (step 2) is intact; free space and rerun the same command")
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+    assert not (out / "run.lock").exists()
+    assert cli_train("rlsd", out, tiny_dir) == 0
+    assert_same_run(full, out, stopped_at=None)
+
+
+class HalfWrite:
+    """open() whose files write half of what they are given, then report a full disk."""
+
+    def __init__(self, names):
+        self.names, self.real = names, open
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        handle = self.real(path, mode, *args, **kwargs)
+        if Path(path).name not in self.names or "r" in mode:
+            return handle
+        real_write = handle.write
+
+        def write(text):
+            real_write(text[:len(text) // 2])
+            handle.flush()
+            enospc()
+
+        handle.write = write
+        return handle
+
+
+def test_a_full_disk_during_a_log_write_leaves_no_partial_line(two_steps, tmp_path, tiny_dir, monkeypatch, capsys):
+    import rlsd.files
+
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    metrics = (out / "metrics.jsonl").read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(rlsd.files, "open", HalfWrite({"metrics.jsonl"}), raising=False)
+        line = error_after_progress(capsys, ["train", "--method", "rlsd", "--profile", "smoke", "--seed", "0", "--out",
+                                       str(out), f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0"])
+    assert line.startswith(f"error: {out}: no space left on device while writing metrics.jsonl; "
+                           f"{out / 'checkpoint'} (step 2) is intact"), line
+    assert (out / "metrics.jsonl").read_bytes() == metrics  # cut back: steps 1 and 2, no torn step-3 line
+    assert ckpt.complete_step(out / "checkpoint") == 2
+
+
+def test_a_full_disk_while_writing_benchmark_results_keeps_every_finished_one(tmp_path, monkeypatch):
+    import rlsd.files
+    from rlsd.benchmarks import run as R
+
+    path = tmp_path / "predictions.jsonl"
+    R.append_predictions(path, [{"id": "a", "response": "1"}])
+    R._write_outputs(tmp_path, {"label": "x", "note": "n", "benchmarks": {}, "row": {"Method": "x", "Avg.": None}})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with monkeypatch.context() as m:
+        m.setattr(rlsd.files, "open", HalfWrite({"predictions.jsonl", "table2_row.json.tmp"}), raising=False)
+        with pytest.raises(rlsd.files.DiskFullError, match=f"{tmp_path}: no space left on device while writing "
+                                                           "predictions.jsonl"):
+            R.append_predictions(path, [{"id": "b", "response": "2"}])
+        with pytest.raises(rlsd.files.DiskFullError, match="while writing the Table-2 row"):
+            R._write_outputs(tmp_path, {"label": "y", "note": "n", "benchmarks": {},
+                                        "row": {"Method": "y", "Avg.": None}})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # intact, and no temp file left
+    assert R.read_predictions(path) == {"a": "1"}
+
+
+@pytest.fixture
+def live_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def write_lock(out: Path, pid: int):
+    import socket
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": 0.0,
+                                              "command": "train"}))
+
+
+def test_a_second_run_on_a_directory_is_refused_naming_the_holder(live_pid, two_steps, tmp_path, tiny_dir, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    write_lock(out, live_pid)
+    before = snapshot(out)
+    line = one_line_error(capsys, ["train", "--method", "rlsd", "--profile", "smoke", "--seed", "0", "--out",
+                                   str(out), f"model.path={tiny_dir}", "tensorboard=false", "weight_decay=0"])
+    assert f"{out}: in use by another train (PID {live_pid} on " in line, line
+    assert snapshot(out) == before
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(two_steps, tmp_path, tiny_dir):
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its PID now names no process: the holder was kill -9'd
+    out = tmp_path / "run"
+    shutil.copytree(two_steps, out)
+    write_lock(out, gone.pid)
+    assert cli_train("rlsd", out, tiny_dir) == 0
+    assert ckpt.complete_step(out / "checkpoint") == 3 and not (out / "run.lock").exists()
+
+
+def test_the_lock_is_exclusive_and_released(tmp_path, live_pid):
+    from rlsd.files import RunLock, RunLockedError
+
+    with RunLock(tmp_path / "d", "benchmark") as lock:
+        record = json.loads(lock.path.read_text())
+        assert record["pid"] == os.getpid() and record["command"] == "benchmark"
+    assert not (tmp_path / "d" / "run.lock").exists()
+    write_lock(tmp_path / "d", live_pid)
+    with pytest.raises(RunLockedError, match=f"PID {live_pid}"):
+        RunLock(tmp_path / "d", "benchmark").acquire()
+    (tmp_path / "d" / "run.lock").write_text('{"pid": ')  # torn by a kill while written: taken over
+    with RunLock(tmp_path / "d", "train"):
+        pass
+
+
+def long_row_data(tmp_path: Path, n_chars: int) -> Path:
+    data = tmp_path / "train.jsonl"
+    rows = [{"id": f"r{i}", "question": f"What is {i} plus 1?", "answer": str(i + 1)} for i in range(6)]
+    rows[3]["question"] = "How many? " + "word " * (n_chars // 5)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+def test_a_too_long_prompt_is_refused_by_row_with_bounded_work(tmp_path, tiny_dir, capsys, monkeypatch):
+    import transformers
+
+    data, out = long_row_data(tmp_path, 200_000), tmp_path / "run"
+    real, seen = transformers.AutoTokenizer.from_pretrained, []
+
+    def spy_tokenizer(*args, **kwargs):  # records the length of every text tokenized
+        tok = real(*args, **kwargs)
+        call = type(tok).__call__
+        type(tok).__call__ = lambda self, text, *a, **k: (seen.append(len(text)), call(self, text, *a, **k))[1]
+        monkeypatch.setattr(type(tok), "__call__", type(tok).__call__)
+        return tok
+
+    with monkeypatch.context() as m:
+        m.setattr(transformers.AutoTokenizer, "from_pretrained", spy_tokenizer)
+        line = one_line_error(capsys, ["train", "--method", "rlsd", "--profile", "smoke", "--out", str(out),
+                                       f"model.path={tiny_dir}", f"data={data}", "eval_problems=2",
+                                       "max_prompt_tokens=100"])
+    assert f"{data}: problem 'r3': the question is at least" in line and "over max_prompt_tokens=100" in line, line
+    assert max(seen) <= 100 * 16 + 1  # never the whole 200,000 characters
+    assert not out.exists()
+
+
+def test_the_default_prompt_limit_comes_from_the_context_and_truncation_is_opt_in(tmp_path, tiny_dir, capsys):
+    data = long_row_data(tmp_path, 200_000)
+    line = one_line_error(capsys, ["train", "--method", "rlsd", "--profile", "smoke", "--out", str(tmp_path / "a"),
+                                   f"model.path={tiny_dir}", f"data={data}", "eval_problems=2"])
+    # the tiny model: 4,096 positions - 32 response tokens - a 1,024-token image - 64 for the template
+    assert "problem 'r3'" in line and "over max_prompt_tokens=2976" in line, line
+    problems = [T.Problem(id="x", question="word " * 10_000, answer="1", images=[])]
+    from transformers import AutoTokenizer
+
+    from rlsd.data import limit_prompt_lengths
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    assert limit_prompt_lengths(problems, tok, 50, "truncate") == 1
+    assert len(tok(problems[0].question, add_special_tokens=False)["input_ids"]) <= 50
+
+
+def test_sampling_is_seeded_per_item_so_any_batch_size_gives_the_same_responses(tiny_dir):
+    import dataclasses
+
+    from rlsd.evaluate import evaluate
+    from rlsd.model import ModelSpec, load_policy
+    from rlsd.rollout import VALIDATION_SAMPLING
+    from rlsd.testbed import load_splits
+
+    model, processor = load_policy(ModelSpec(path=str(tiny_dir)))
+    _, _, test = load_splits(n_train=0, n_val=None, n_test=8)
+    sampling = dataclasses.replace(VALIDATION_SAMPLING, max_new_tokens=12)
+    kw = dict(sampling=sampling, progress=False, per_item_seeds=True)
+    runs = {b: evaluate(model, processor, test, seed=0, batch_size=b, **kw).responses for b in (1, 3, 8)}
+    assert runs[1] == runs[3] == runs[8]
+    # a resumed run (the last 5 items only) draws what the whole run drew for them
+    assert evaluate(model, processor, test[3:], seed=0, batch_size=2, **kw).responses == runs[8][3:]
+    other = evaluate(model, processor, test, seed=1, batch_size=8, **kw).responses
+    assert other != runs[8]  # the seed still matters
+    # the default keeps the committed logs' one-stream sampling: its responses DO depend on the batch size
+    default = {b: evaluate(model, processor, test, sampling=sampling, seed=0, batch_size=b, progress=False).responses
+               for b in (1, 8)}
+    assert default[1] != default[8]
+
+
+def test_a_resumed_benchmark_reproduces_its_responses_at_any_batch_size(tmp_path, monkeypatch, live_pid):
+    from test_benchmark_cli import build_data_dir, tiny_config
+
+    from rlsd.benchmarks import run as R
+    from rlsd.files import RunLockedError
+
+    data_dir, cache = build_data_dir(tmp_path / "data"), tmp_path / "cache"
+    options = dict(benchmarks=("mathvista",), limit=3, max_new_tokens=12)
+    whole, out = tmp_path / "whole", tmp_path / "resumed"
+    R.run_benchmarks(tiny_config(data_dir, cache, whole, batch_size=3, **options))
+    real, calls = R.append_predictions, []
+
+    def append_then_interrupt(path, records):  # Ctrl-C after the first batch was written
+        real(path, records)
+        calls.append(path)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(R, "append_predictions", append_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            R.run_benchmarks(tiny_config(data_dir, cache, out, batch_size=1, **options))
+    assert not (out / "run.lock").exists()
+    resumed = R.run_benchmarks(tiny_config(data_dir, cache, out, batch_size=2, **options))
+    assert resumed["generated"]["mathvista/testmini"] == 2
+    name = "predictions/mathvista.testmini.jsonl"
+    assert R.read_predictions(out / name) == R.read_predictions(whole / name)
+
+    write_lock(out, live_pid)  # a second benchmark on a directory in use
+    with pytest.raises(RunLockedError, match=f"{out}: in use by another train \\(PID {live_pid} "):
+        R.run_benchmarks(tiny_config(data_dir, cache, out, batch_size=2, **options))

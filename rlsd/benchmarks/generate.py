@@ -8,9 +8,10 @@ One response per item, batched, sampled with ``rlsd.rollout.hf_generate`` under 
 as training and ``rlsd.evaluate`` (``rlsd.scoring.suppressed_token_ids``), from the messages of
 ``build_messages(item)`` and the images listed in ``item.images``.
 
-Seeding follows ``rlsd.evaluate.evaluate`` exactly (one generator seeded with ``seed`` draws the global seed; the
-caller's RNG state is restored afterwards), so for the testbed, with the same sampling settings and batch size,
-the responses are the ones ``rlsd.evaluate`` produces, token for token.
+Seeding follows ``rlsd.evaluate.evaluate`` exactly (each item sampled from its own seed,
+``rlsd.rollout.item_seed(seed, item.id)``; the caller's RNG state is left as it was), so an item's response does not
+depend on its batch, and for the testbed, with the same sampling settings, the responses are the ones
+``rlsd.evaluate`` produces, token for token.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from rlsd.inputs import encode_prompts
-from rlsd.rollout import VALIDATION_SAMPLING, SamplingParams, hf_generate
+from rlsd.rollout import VALIDATION_SAMPLING, SamplingParams, hf_generate, item_seed
 from rlsd.scoring import suppressed_token_ids
 
 from .common import BenchmarkItem
@@ -73,8 +74,8 @@ def generate_responses(model, processor, items: Sequence[BenchmarkItem],
     """One decoded response per item (aligned with ``items``), for ``score_responses``.
 
     ``sampling`` defaults to the paper's validation settings (T 0.7, top-p 0.8, top-k 20); ``max_new_tokens``, if
-    given, replaces ``sampling.max_new_tokens``.  A fixed ``seed`` (with the same ``batch_size``) gives the same
-    responses; the global RNG state is left as it was.  Items whose images are missing raise
+    given, replaces ``sampling.max_new_tokens``.  A fixed ``seed`` gives the same responses at any ``batch_size``
+    (one seed per item); the global RNG state is left as it was.  Items whose images are missing raise
     ``ImagesMissingError`` before anything is generated.
     """
     items = list(items)
@@ -98,7 +99,8 @@ def generate_responses(model, processor, items: Sequence[BenchmarkItem],
             chunk = items[start:start + batch_size]
             batch = encode_prompts(processor, [build_messages(item) for item in chunk],
                                    [open_images(item) for item in chunk]).to(device)
-            rollout = hf_generate(model, batch, sampling, suppress, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            rollout = hf_generate(model, batch, sampling, suppress, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                                  row_seeds=[item_seed(seed, item.id) for item in chunk])
             for ids, mask in zip(rollout.response_ids_BT, rollout.response_mask_BT):
                 responses.append(tokenizer.decode(ids[mask.bool()], skip_special_tokens=True))
     return responses

@@ -21,9 +21,9 @@ What it does, in order:
    rerun with different settings into the same ``--out`` is refused rather than mixed.  When nothing is left to
    generate, the model is not even loaded.
 4. Generation: the paper's validation decoding (``rlsd.rollout.VALIDATION_SAMPLING``: T 0.7, top-p 0.8, top-k 20)
-   with a 4,096-token response budget (the paper's), batched, with a progress bar per split.  Each batch is seeded
-   from ``--seed`` and its first item's id, so the same pending items give the same responses; a resumed run
-   therefore draws different samples than an uninterrupted one would (same distribution).  Images are resized to
+   with a 4,096-token response budget (the paper's), batched, with a progress bar per split.  Each item is seeded
+   from ``--seed`` and its own id (``rlsd.rollout.item_seed``), so a resumed run, at any ``--batch-size``, gives
+   the responses an uninterrupted one would.  Images are resized to
    at most ``max_pixels`` (default 1,048,576: the upper end of the authors' 262,144-1,048,576 range).
 5. Scoring: each benchmark's official protocol (``score_responses``), the headline with a 95% interval: Wilson for
    the accuracies (MMMU, MathVista, MATH-Vision, ZeroBench); for We-Math's Score (Strict), which is the mean over
@@ -37,11 +37,12 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from rlsd.files import RunLock, append_text, disk_full, disk_full_error, write_text
 
 from .common import BenchmarkItem
 from .hub import HUB_SOURCES, load_hub_items
@@ -171,18 +172,28 @@ def read_predictions(path: Path) -> dict[str, str]:
 
 
 def append_predictions(path: Path, records: list[dict]) -> None:
-    """Append one JSON line per record in a single write, flushed to disk (a kill loses at most this batch)."""
+    """Append one JSON line per record in a single write, flushed to disk (a kill loses at most this batch; a full
+    disk loses nothing written before: the file is cut back to its last complete line)."""
     text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    with _disk_full_is_one_line(path.parent, f"{path.name} (finished predictions are intact)"):
+        append_text(path, text, fsync=True)
+
+
+@contextmanager
+def _disk_full_is_one_line(directory: Path, what: str):
+    try:
+        yield
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        raise disk_full_error(directory, what, "nothing written before is lost") from None
 
 
 def _run_identity(cfg: BenchmarkRunConfig, sampling) -> dict:
     """What the predictions depend on: a rerun into the same --out must match it."""
     return {"model": cfg.model, "adapter": str(Path(cfg.adapter).resolve()) if cfg.adapter else None,
             "sampling": dataclasses.asdict(sampling), "max_pixels": cfg.max_pixels, "seed": cfg.seed,
+            "seeding": "per item",  # predictions of runs seeded per batch (before this key) are not mixed in
             "dtype": cfg.dtype or default_dtype(cfg.device or default_device()),
             **({"load_in_4bit": True} if cfg.load_in_4bit else {})}  # absent when off: older run.json files match
 
@@ -201,7 +212,8 @@ def _check_identity(out: Path, identity: dict) -> None:
                                     f"there, {identity[key]!r} now); choose another --out or delete {out}")
         return
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+    with _disk_full_is_one_line(out, "run.json"):
+        write_text(path, json.dumps(identity, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -234,6 +246,13 @@ def check_adapter(adapter: str | Path) -> Path:
         found = "adapter_model.bin (a pickle, refused)" if (path / "adapter_model.bin").is_file() else "none"
         raise BenchmarkRunError(f"--adapter {path}: no adapter_model.safetensors (found: {found}); only safetensors "
                                 "weights are loaded")
+    from rlsd.checkpoint import CheckpointError
+    from rlsd.model import check_adapter_files
+
+    try:  # complete and a LoRA adapter, before any data or model loads
+        check_adapter_files(path)
+    except CheckpointError as error:
+        raise BenchmarkRunError(f"--{error}") from None
     return path
 
 
@@ -254,11 +273,10 @@ def load_model(cfg: BenchmarkRunConfig):
                      **cfg.extra)
     model, processor = load_policy(spec, device=device, trainable=False)
     if cfg.adapter:
-        from peft import PeftModel
+        from rlsd.model import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(check_adapter(cfg.adapter)), is_trainable=False)
-        if not cfg.load_in_4bit:  # a 4-bit base is already placed (device_map) and cannot be moved
-            model.to(device)
+        # a 4-bit base is already placed (device_map) and cannot be moved
+        model = load_adapter(model, check_adapter(cfg.adapter), None if cfg.load_in_4bit else device)
     model.eval()
     limit_pixels(processor, cfg.max_pixels)
     return model, processor
@@ -320,10 +338,6 @@ def headline_interval(name: str, items: list[BenchmarkItem], result: dict) -> tu
 # ---------------------------------------------------------------------------
 
 
-def _batch_seed(seed: int, key: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2**31 - 1)
-
-
 def _splits(name: str) -> tuple[str, ...]:
     return HUB_SOURCES[name].splits
 
@@ -334,8 +348,6 @@ def run_benchmarks(cfg: BenchmarkRunConfig, model_and_processor=None) -> dict:
     ``model_and_processor`` (already loaded) skips ``load_model``; the run's identity still uses ``cfg.model``.
     """
     from rlsd.rollout import VALIDATION_SAMPLING
-
-    from . import check_generatable, generate_responses, score_responses
 
     if cfg.batch_size < 1:
         raise BenchmarkRunError(f"--batch-size must be >= 1, got {cfg.batch_size}")
@@ -358,8 +370,17 @@ def run_benchmarks(cfg: BenchmarkRunConfig, model_and_processor=None) -> dict:
             tasks.append({"name": name, "split": split, "n_total": None if lazy else len(loaded),
                           "items": limit_items(name, loaded, cfg.limit)})
 
-    # 3. predictions already on disk
+    # 3. predictions already on disk (one run per --out: a second one is refused naming this one)
+    lock = RunLock(out, "benchmark")
+    lock.check()
     _check_identity(out, _run_identity(cfg, sampling))
+    with lock:
+        return _generate_and_score(cfg, names, tasks, sampling, out, model_and_processor)
+
+
+def _generate_and_score(cfg, names, tasks, sampling, out: Path, model_and_processor) -> dict:
+    from . import check_generatable, generate_responses, score_responses
+
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     for task in tasks:
         task["path"] = out / "predictions" / f"{task['name']}.{task['split']}.jsonl"
@@ -383,8 +404,7 @@ def run_benchmarks(cfg: BenchmarkRunConfig, model_and_processor=None) -> dict:
                 for start in range(0, len(pending), cfg.batch_size):
                     chunk = pending[start:start + cfg.batch_size]
                     responses = generate_responses(model, processor, chunk, sampling=sampling,
-                                                   batch_size=len(chunk), progress=False,
-                                                   seed=_batch_seed(cfg.seed, f"{key}/{chunk[0].id}"))
+                                                   batch_size=len(chunk), progress=False, seed=cfg.seed)
                     append_predictions(task["path"], [{"id": item.id, "response": response}
                                                       for item, response in zip(chunk, responses)])
                     task["done"].update((item.id, response) for item, response in zip(chunk, responses))
@@ -466,5 +486,6 @@ def readable_table(result: dict) -> str:
 
 def _write_outputs(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table2_row.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "table2_row.md").write_text(readable_table(result) + "\n", encoding="utf-8")
+    with _disk_full_is_one_line(out, "the Table-2 row (the predictions are intact; rerun to score them)"):
+        write_text(out / "table2_row.json", json.dumps(result, indent=2) + "\n")
+        write_text(out / "table2_row.md", readable_table(result) + "\n")
