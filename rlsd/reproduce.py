@@ -103,10 +103,15 @@ def _train_one(cfg_json: str, threads: int) -> float:
     from rlsd.config import TrainConfig
     from rlsd.trainer import train
 
+    from rlsd.verifier import default_verifier
+
     torch.set_num_threads(threads)
     cfg = TrainConfig.from_dict(json.loads(cfg_json))
     t0 = time.time()
-    train(cfg, progress=False)
+    try:
+        train(cfg, progress=False)
+    finally:  # the verifier's worker processes would otherwise keep this worker, and the pool's shutdown, waiting
+        default_verifier.close()
     return time.time() - t0
 
 
