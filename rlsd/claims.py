@@ -336,11 +336,24 @@ def _credit(credit: dict | None) -> list[dict]:
     return rows
 
 
-def judge(summary: dict, credit: dict | None = None) -> list[dict]:
+def _confirmation(study: dict | None) -> list[dict]:
+    """The study's pre-registered confirmation (rlsd.study.judge_study's rows), declared before its runs."""
+    rows = []
+    for r in (study or {}).get("rows", []):
+        if r["criterion"].startswith("confirm") and r["mean"] is not None:
+            rows.append({"claim": "Pre-registered confirmation, seeds 100-109: " + r["criterion"].split(": ", 1)[1],
+                         "topic": "rlsd", "measured": f"{r['mean']:+.2f} ± {r['se'] or 0:.2f} (paired SE; "
+                         f"{r['positive']}/{r['n']} seeds positive)", "declared": r["verdict"], "revised": SAME,
+                         "why": "declared in rlsd/study.py before the study's runs"})
+    return rows
+
+
+def judge(summary: dict, credit: dict | None = None, study: dict | None = None) -> list[dict]:
     """One row per claim: claim, topic, measured (text), declared and revised verdicts (yes / no / undetermined /
-    not run / not declared / = declared), why revised."""
-    return (_rlsd_vs_grpo(summary) + _entropy(summary) + _leakage(summary) + _opsd_decline(summary)
-            + _online(summary) + _clip(summary) + _credit(credit))
+    not run / not declared / = declared), why revised. `study`: rlsd.study.judge_study's result (its confirmation
+    rows join the table)."""
+    return (_rlsd_vs_grpo(summary) + _confirmation(study) + _entropy(summary) + _leakage(summary)
+            + _opsd_decline(summary) + _online(summary) + _clip(summary) + _credit(credit))
 
 
 def load_and_judge(logs: str | Path, credit_path: str | Path | None = None) -> list[dict]:

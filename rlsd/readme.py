@@ -169,8 +169,10 @@ def claims_block() -> str:
     if summary is None or "paired_vs_grpo" not in summary:
         return _missing(path, "python -m rlsd reproduce --profile cpu")
     from rlsd.claims import claims_markdown, judge
+    from rlsd.study import LOGS, judge_study
 
-    return claims_markdown(judge(summary, _load(REPO / "figures" / "05_credit_shares.json")))
+    study = judge_study(LOGS) if LOGS.exists() else None
+    return claims_markdown(judge(summary, _load(REPO / "figures" / "05_credit_shares.json"), study))
 
 
 def study_block() -> str:

@@ -220,3 +220,14 @@ def test_other_distillation_methods_get_leak_rows():
     claim = "SDPO leaks more than GRPO (sampled outputs at validation)"
     assert verdicts(summarise(grpo={"acc": RISE}, sdpo={"acc": RISE, "leak": 0.3}))[claim] == ("not declared", "yes")
     assert verdicts(summarise(grpo={"acc": RISE}, sdpo={"acc": RISE}))[claim] == ("not declared", "no")
+
+
+def test_the_study_confirmation_joins_the_table_only_when_run():
+    s = summarise(grpo={"acc": RISE}, rlsd={"acc": RISE})
+    study = {"rows": [{"criterion": "confirm, primary: RLSD - GRPO, area", "mean": 1.2, "se": 0.2, "n": 10,
+                       "positive": 10, "verdict": "yes"},
+                      {"criterion": "confirm, secondary: step 25", "mean": None, "se": None, "n": 0,
+                       "positive": None, "verdict": "not run"}]}
+    rows = [r for r in C.judge(s, None, study) if r["claim"].startswith("Pre-registered")]
+    assert [(r["declared"], r["revised"]) for r in rows] == [("yes", "= declared")]  # the unrun one is left out
+    assert not [r for r in C.judge(s) if r["claim"].startswith("Pre-registered")]
