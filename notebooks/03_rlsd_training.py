@@ -291,8 +291,10 @@ def tally(verdicts):
 
 if SUMMARY is not None:
     credit_path = REPO / "figures" / "05_credit_shares.json"
+    from rlsd.study import LOGS as STUDY_LOGS, judge_study  # the pre-registered confirmation (notebook 06)
+
     claim_rows = C.judge(SUMMARY, json.loads(credit_path.read_text()) if PROFILE == "cpu" and credit_path.exists()
-                         else None)
+                         else None, judge_study(STUDY_LOGS) if PROFILE == "cpu" and STUDY_LOGS.exists() else None)
     display(Markdown(C.claims_markdown(claim_rows)))
     changed = [r["claim"] for r in claim_rows if r["revised"] != "= declared" and r["declared"] != "not declared"
                and C.final_verdict(r) != r["declared"]]

@@ -121,7 +121,8 @@ def test_generate_matches_rlsd_evaluate(tiny, testbed_items):
     _, _, problems = load_splits(n_train=0, n_val=0, n_test=4)
     ours = generate_responses(model, processor, testbed_items, sampling=SAMPLING, batch_size=2, seed=3,
                               progress=False)
-    theirs = evaluate(model, processor, problems, sampling=SAMPLING, seed=3, batch_size=2, progress=False).responses
+    theirs = evaluate(model, processor, problems, sampling=SAMPLING, seed=3, batch_size=2, progress=False,
+                      per_item_seeds=True).responses  # the benchmark harness samples per item
     assert ours == theirs
 
 
