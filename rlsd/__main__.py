@@ -4,7 +4,7 @@
     train      one training run: --method grpo|rlsd|opsd|sdpo|grpo_opsd  (rlsd.trainer)
     study      the RLSD study: pre-registered confirmation, sensitivity   (rlsd.study)
     bench      step time by phase for every method on the same batch      (rlsd.bench)
-    sft        train the tiny model's warm start on the testbed          (rlsd.sft)
+    sft        train the tiny model's warm start on the testbed          (rlsd.testbed.sft)
     evaluate   accuracy, leakage and controls of a model on the testbed  (rlsd.evaluate)
 """
 
@@ -66,7 +66,7 @@ def _field_docs(cls) -> dict[str, str]:
 
 
 def cmd_sft(args):
-    from rlsd.sft import SFTConfig, train_sft
+    from rlsd.testbed.sft import SFTConfig, train_sft
 
     cfg = dataclass_from_args(SFTConfig, args)
     print(json.dumps(train_sft(cfg)))
@@ -223,7 +223,7 @@ def cmd_benchmark(args):
 
 
 def main(argv=None):
-    from rlsd.sft import SFTConfig
+    from rlsd.testbed.sft import SFTConfig
 
     parser = argparse.ArgumentParser(prog="python -m rlsd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
