@@ -153,9 +153,20 @@ def cmd_bench(args):
     methods = tuple(args.methods.split(",")) if args.methods else None
     result = run_bench(args.profile, overrides, repeats=args.repeats, compare_sharing=args.compare_sharing,
                        **({"methods": methods} if methods else {}))
+    if args.peer and not args.no_trl_subclass:  # RLSD inside TRL, on the same anchor batch
+        from rlsd.integrations.trl_bench import side_by_side
+
+        result["trl_subclass"] = trl = side_by_side(args.peer, rounds=args.trl_rounds)
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "trl_subclass.json").write_text(json.dumps(trl, indent=1) + "\n")
     if args.json:
         print(json.dumps(result))
         return
+    if "trl_subclass" in result:
+        t = result["trl_subclass"]
+        print(f"TRL: GRPOTrainer step {t['grpo_step_s']:.3f} s, RLSDGRPOTrainer {t['rlsd_step_s']:.3f} s "
+              f"(teacher pass {t['rlsd_teacher_s']:.3f} s); extra / no-grad forward = {t['rlsd_extra_over_forward']:.2f}")
     print(f"batch: {result['batch']}  one no-grad forward: {result['no_grad_forward_s']:.3f} s")
     for method, t in result["methods"].items():
         print(f"{method:10s} step {t['step_s']:.3f} s = rollout {t['rollout_s']:.3f} + teacher {t['teacher_s']:.3f}"
@@ -276,6 +287,10 @@ def main(argv=None):
                    help="with --peer: ROUNDS runs of ours between ROUNDS+1 runs of TRL's anchor, alternating, each a "
                         "fresh process; writes --out-dir/bench_anchor.json and trl_anchor.json")
     p.add_argument("--trl-path", default=None, help="put this directory on the anchor's PYTHONPATH (TRL not installed)")
+    p.add_argument("--no-trl-subclass", action="store_true",
+                   help="with --peer: skip timing TRL's GRPOTrainer against rlsd.integrations.trl.RLSDGRPOTrainer "
+                        "(rlsd.integrations.trl_bench; written to --out-dir/trl_subclass.json)")
+    p.add_argument("--trl-rounds", type=int, default=3, help="with --peer: rounds of the TRL side by side")
     p.add_argument("--out-dir", default="data/bench")
     p.add_argument("overrides", nargs="*", help="field=value config overrides")
     p.set_defaults(func=cmd_bench)
