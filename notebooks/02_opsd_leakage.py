@@ -77,7 +77,7 @@ print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now
 # switching to an **online** teacher (the current policy, prompted with $r$) buys improvement at the price of stability,
 # and still leaks.
 #
-# **What we measure, on the CPU testbed** (`rlsd/testbed.py`: counting and arithmetic over noisy grids of coloured
+# **What we measure, on the CPU testbed** (`rlsd/testbed/scenes.py`: counting and arithmetic over noisy grids of coloured
 # squares, a ~1M-parameter Qwen3-VL, an SFT warm start `data/tiny-sft`):
 #
 # Leakage, three ways (the paper counts leaks in sampled outputs; which samples matters here):
@@ -99,7 +99,7 @@ print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now
 # * test accuracy, and the teacher–student KL on sampled tokens (`kl_student_teacher`) during training.
 #
 # **The controls.** The warm start was trained on *both* prompt formats, and a minority of its teacher-format targets
-# open with "the reference answer is N ," (`rlsd/sft.py`, the leakable habit). So the student's weights already hold
+# open with "the reference answer is N ," (`rlsd/testbed/sft.py`, the leakable habit). So the student's weights already hold
 # the teacher's habits, and a policy could drift into them **with no teacher in the loss at all** (an earlier probe of this testbed saw
 # exactly this in a GRPO run of an earlier probe). **GRPO** is therefore the control: leakage counts as OPSD's only
 # where it exceeds GRPO's. **RLSD** uses the same answer-conditioned teacher as OPSD, but only to rescale the
@@ -124,6 +124,7 @@ from pathlib import Path  # noqa: E402
 from IPython.display import Markdown, display  # noqa: E402
 
 from rlsd import runs as R  # noqa: E402
+from rlsd.reproduce import notebook_logs  # noqa: E402
 from rlsd.config import SHIPPED_TINY  # noqa: E402
 import rlsd.claims as C  # noqa: E402
 from rlsd.plots import (KL_PANEL, LEAKAGE_METHODS, Panel, leakage_figure, leakage_panels, left_out_note,  # noqa: E402
@@ -189,7 +190,7 @@ CLAIM_TOPICS = ("leakage", "opsd", "trilemma")  # the rows of rlsd.claims.judge 
 # ## 1. The logs
 
 # %%
-LOGS = R.notebook_logs(PROFILE, SMOKE_METHODS)
+LOGS = notebook_logs(PROFILE, SMOKE_METHODS)
 raw_runs = R.load_runs(LOGS) if LOGS else {}
 base = json.loads((LOGS / "base_eval.json").read_text()) if LOGS and (LOGS / "base_eval.json").exists() else None
 runs = R.with_base_eval(raw_runs, base["student/none"] if base else None)

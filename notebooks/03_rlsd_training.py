@@ -92,7 +92,7 @@ print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now
 # (Qwen3-VL-2B, LoRA, NF4) when — and only when — a CUDA GPU, the model and the data are present.
 #
 # **The testbed departs from the paper's setting** in ways that matter for reading the numbers: a ~1M-parameter
-# Qwen3-VL warm-started by SFT on synthetic counting/arithmetic images (`rlsd/testbed.py`; it imitates an imperfect
+# Qwen3-VL warm-started by SFT on synthetic counting/arithmetic images (`rlsd/testbed/scenes.py`; it imitates an imperfect
 # demonstrator, so it starts well below what the images allow, and its teacher format knows the reference answer
 # and nothing else), full-parameter updates at lr 1e-4 for the reward-driven methods and 3e-4 for OPSD and SDPO,
 # 8 prompts × 8 samples per step (the paper: 256 × 8), 150 steps, and a λ window of half the run (K = 75 steps)
@@ -120,6 +120,7 @@ from pathlib import Path  # noqa: E402
 from IPython.display import Markdown, display  # noqa: E402
 
 from rlsd import runs as R  # noqa: E402
+from rlsd.reproduce import notebook_logs  # noqa: E402
 from rlsd.plots import TRAINING_PANELS, plot_panels, save_figure, training_dynamics_figure  # noqa: E402
 
 SMOKE_METHODS = ("grpo", "rlsd")  # CI: the baseline and the method
@@ -173,7 +174,7 @@ print(C.__doc__)
 # ## 1. The logs
 
 # %%
-LOGS = R.notebook_logs(PROFILE, SMOKE_METHODS)
+LOGS = notebook_logs(PROFILE, SMOKE_METHODS)
 raw_runs = R.load_runs(LOGS) if LOGS else {}
 base = json.loads((LOGS / "base_eval.json").read_text()) if LOGS and (LOGS / "base_eval.json").exists() else None
 runs = R.with_base_eval(raw_runs, base["student/none"] if base else None)  # step 0 = the warm start, for every run
@@ -384,7 +385,7 @@ else:
 # %%
 if RUN_GPU:
     torch_threads = None
-    if gpu is None:  # the tiny model's matrices are too small for a second thread to pay (rlsd.runs.notebook_logs)
+    if gpu is None:  # the tiny model's matrices are too small for a second thread to pay (rlsd.reproduce.notebook_logs)
         import torch
 
         torch_threads = torch.get_num_threads()

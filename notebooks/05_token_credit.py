@@ -100,7 +100,7 @@ print(f"rlsd repository: {'cloned into' if _cloned else 'found at'} {_root} (now
 # read-outs + result + answer) is still reported for comparison, but the claim that matters is the read-outs'.
 #
 # **The habit.** A minority of the teacher format's SFT targets open their thought with "the reference answer is
-# N ," (`rlsd.sft`). So at the thought's first token the teacher gives any other opening a lower probability by
+# N ," (`rlsd.testbed.sft`). So at the thought's first token the teacher gives any other opening a lower probability by
 # about $\log(1-P_T(\text{mention}))$, whatever the response goes on to say: the opening "red" gets a large $|\Delta|$
 # that carries no information about the image. Those tokens form their own role (`habit`), responses that show
 # the habit themselves are counted, and they are left out of the heatmap's example pool.

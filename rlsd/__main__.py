@@ -4,7 +4,7 @@
     train      one training run: --method grpo|rlsd|opsd|sdpo|grpo_opsd  (rlsd.trainer)
     study      the RLSD study: pre-registered confirmation, sensitivity   (rlsd.study)
     bench      step time by phase for every method on the same batch      (rlsd.bench)
-    sft        train the tiny model's warm start on the testbed          (rlsd.sft)
+    sft        train the tiny model's warm start on the testbed          (rlsd.testbed.sft)
     evaluate   accuracy, leakage and controls of a model on the testbed  (rlsd.evaluate)
 """
 
@@ -66,7 +66,7 @@ def _field_docs(cls) -> dict[str, str]:
 
 
 def cmd_sft(args):
-    from rlsd.sft import SFTConfig, train_sft
+    from rlsd.testbed.sft import SFTConfig, train_sft
 
     cfg = dataclass_from_args(SFTConfig, args)
     print(json.dumps(train_sft(cfg)))
@@ -153,9 +153,20 @@ def cmd_bench(args):
     methods = tuple(args.methods.split(",")) if args.methods else None
     result = run_bench(args.profile, overrides, repeats=args.repeats, compare_sharing=args.compare_sharing,
                        **({"methods": methods} if methods else {}))
+    if args.peer and not args.no_trl_subclass:  # RLSD inside TRL, on the same anchor batch
+        from rlsd.integrations.trl_bench import side_by_side
+
+        result["trl_subclass"] = trl = side_by_side(args.peer, rounds=args.trl_rounds)
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "trl_subclass.json").write_text(json.dumps(trl, indent=1) + "\n")
     if args.json:
         print(json.dumps(result))
         return
+    if "trl_subclass" in result:
+        t = result["trl_subclass"]
+        print(f"TRL: GRPOTrainer step {t['grpo_step_s']:.3f} s, RLSDGRPOTrainer {t['rlsd_step_s']:.3f} s "
+              f"(teacher pass {t['rlsd_teacher_s']:.3f} s); extra / no-grad forward = {t['rlsd_extra_over_forward']:.2f}")
     print(f"batch: {result['batch']}  one no-grad forward: {result['no_grad_forward_s']:.3f} s")
     for method, t in result["methods"].items():
         print(f"{method:10s} step {t['step_s']:.3f} s = rollout {t['rollout_s']:.3f} + teacher {t['teacher_s']:.3f}"
@@ -223,7 +234,7 @@ def cmd_benchmark(args):
 
 
 def main(argv=None):
-    from rlsd.sft import SFTConfig
+    from rlsd.testbed.sft import SFTConfig
 
     parser = argparse.ArgumentParser(prog="python -m rlsd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,6 +287,10 @@ def main(argv=None):
                    help="with --peer: ROUNDS runs of ours between ROUNDS+1 runs of TRL's anchor, alternating, each a "
                         "fresh process; writes --out-dir/bench_anchor.json and trl_anchor.json")
     p.add_argument("--trl-path", default=None, help="put this directory on the anchor's PYTHONPATH (TRL not installed)")
+    p.add_argument("--no-trl-subclass", action="store_true",
+                   help="with --peer: skip timing TRL's GRPOTrainer against rlsd.integrations.trl.RLSDGRPOTrainer "
+                        "(rlsd.integrations.trl_bench; written to --out-dir/trl_subclass.json)")
+    p.add_argument("--trl-rounds", type=int, default=3, help="with --peer: rounds of the TRL side by side")
     p.add_argument("--out-dir", default="data/bench")
     p.add_argument("overrides", nargs="*", help="field=value config overrides")
     p.set_defaults(func=cmd_bench)

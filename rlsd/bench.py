@@ -192,7 +192,7 @@ def peer_sitting(anchor_script: str, rounds: int = 3, repeats: int = 8, trl_path
 
     def ours():
         out = run([sys.executable, "-m", "rlsd", "bench", "--peer", anchor_script, "--profile", "smoke",
-                   "--methods", "grpo,rlsd", "--repeats", str(repeats), "--compare-sharing", "--json",
+                   "--methods", "grpo,rlsd", "--repeats", str(repeats), "--compare-sharing", "--json", "--no-trl-subclass",
                    f"model.path={model_dir}", *ANCHOR_OVERRIDES])
         our_runs.append(json.loads(out.strip().splitlines()[-1]))
 

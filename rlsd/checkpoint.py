@@ -40,15 +40,11 @@ from pathlib import Path
 
 import torch
 
-from rlsd.files import disk_full, disk_full_error, write_text
+from rlsd.files import CheckpointError, disk_full, disk_full_error, write_text
 
 NAMES = ("checkpoint", "checkpoint.tmp", "checkpoint.old")
 MARKER = "COMPLETE"
 LOG_FILES = ("metrics.jsonl", "eval.jsonl", "samples.jsonl")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be used; the message names the file."""
 
 
 def _fsync_tree(root: Path):

@@ -124,7 +124,11 @@ class TrainConfig:
     teacher_reference: str = "answer"
     """What the teacher prompt reveals: 'answer' (the final answer; RLSD) or 'solution' (a reference solution, if
     the data has one; OPSD's original setting). The testbed's teacher format was trained with the answer.
-    'wrong_answer': a control -- the teacher is told a plausible wrong answer (rlsd.testbed.wrong_answer)."""
+    'wrong_answer': a control -- the teacher is told a plausible wrong answer (rlsd.testbed.wrong_answer).
+    'oracle': a control (RLSD, testbed) -- no teacher pass; Δ_t is the demonstrator's exact evidence
+    (rlsd.testbed.oracle_delta), what a self-teacher that had learnt the demonstrator exactly would give."""
+    oracle_demo_error: float = 0.5
+    """The oracle's demonstrator misreading rate: the shipped warm start's `demo_error` (its sft_config.json)."""
 
     # --- OPSD / GRPO+OPSD / SDPO
     opsd_beta: float = 0.5
@@ -255,10 +259,17 @@ class TrainConfig:
             bad("eval_decoding", f"must be 'validation' or 'greedy', got {self.eval_decoding!r}")
         if self.eval_dense_every and not self.eval_dense_until:
             bad("eval_dense_until", "must be > 0 when eval_dense_every is set")
-        if self.teacher_reference not in ("answer", "solution", "wrong_answer"):
-            bad("teacher_reference", f"must be 'answer', 'solution' or 'wrong_answer', got {self.teacher_reference!r}")
-        if self.teacher_reference == "wrong_answer" and self.data != "testbed":
-            bad("teacher_reference", "'wrong_answer' (a control) needs data=testbed, where a wrong answer is known")
+        if self.teacher_reference not in ("answer", "solution", "wrong_answer", "oracle"):
+            bad("teacher_reference",
+                f"must be 'answer', 'solution', 'wrong_answer' or 'oracle', got {self.teacher_reference!r}")
+        if self.teacher_reference in ("wrong_answer", "oracle") and self.data != "testbed":
+            bad("teacher_reference", f"{self.teacher_reference!r} (a control) needs data=testbed, where "
+                f"{'a wrong answer' if self.teacher_reference == 'wrong_answer' else 'the exact posterior'} is known")
+        if self.teacher_reference == "oracle" and self.method != "rlsd":
+            bad("teacher_reference", f"'oracle' replaces RLSD's evidence Δ_t; method {self.method!r} has none")
+        if not 0.0 <= self.oracle_demo_error < 2 / 3:
+            bad("oracle_demo_error", f"must be in [0, 2/3) (the true count the likeliest read-out), "
+                f"got {self.oracle_demo_error}")
         if self.rollout_cache not in ("dynamic", "static"):
             bad("rollout_cache", f"must be 'dynamic' or 'static', got {self.rollout_cache!r}")
         if self.rollout_compile and self.rollout_cache != "static":

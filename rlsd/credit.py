@@ -185,7 +185,7 @@ def has_habit(c: TokenCredit) -> bool:
 def habit_mask(c: TokenCredit) -> list[bool]:
     """Tokens whose Δ comes from the teacher's mention habit: the mention itself (reference_mention) and the
     thought's first token. A minority of teacher-format targets open their thought with "the reference answer is N ,"
-    (rlsd.sft), so at that position the teacher gives any other opening (log) probability lower by about
+    (rlsd.testbed.sft), so at that position the teacher gives any other opening (log) probability lower by about
     log(1 - P_T(mention)) whatever the response says -- a weight that says nothing about the image."""
     labels = c.labels or ["narration"] * len(c.tokens)
     mask = [label == "reference_mention" for label in labels]

@@ -4,6 +4,7 @@
     disk_full(e)      does an exception (or anything it was raised from) say "no space left on device"?
     write_text        temp file + rename: the old content or the new, never a torn file; the temp is removed on error
     append_text       one append; on error the file is cut back to its old length (no partial line is left)
+    CheckpointError   a checkpoint or adapter exists but cannot be used (raised by rlsd.checkpoint and rlsd.model)
     RunLock           <dir>/run.lock holding {pid, host, started}: a second train/benchmark on the directory is refused
                       naming the holder; a lock whose holder is gone (kill -9) is taken over
 
@@ -21,6 +22,11 @@ import time
 from pathlib import Path
 
 LOCK_NAME = "run.lock"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or adapter exists but cannot be used; the message names the file. (Here, not in rlsd.checkpoint,
+    so that rlsd.model can raise it without importing the checkpoint module, which imports the config.)"""
 
 
 class DiskFullError(OSError):

@@ -303,7 +303,7 @@ def check_adapter_files(adapter: str | Path) -> tuple[dict, dict[str, list[int]]
 
     from safetensors import safe_open
 
-    from rlsd.checkpoint import CheckpointError
+    from rlsd.files import CheckpointError
 
     path = Path(adapter)
     if not path.is_dir():
@@ -334,7 +334,7 @@ def check_adapter_fits(adapter: str | Path, model):
     """The adapter matches the loaded (base) model: every target module exists, rank and in/out features agree.
 
     Raises CheckpointError naming the adapter directory and the first field that differs."""
-    from rlsd.checkpoint import CheckpointError
+    from rlsd.files import CheckpointError
 
     path = Path(adapter)
     config, shapes = check_adapter_files(path)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from rlsd.config import SHIPPED_TINY, make_config
+from rlsd.testbed.evaluation import evaluate_base
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_FILES = ("config.json", "metrics.jsonl", "eval.jsonl", "samples.jsonl")
@@ -41,59 +42,6 @@ def run_name_config(name: str) -> tuple[str, list[str]]:
 
 def seeds_of(name: str, seeds: tuple[int, ...] | None) -> tuple[int, ...]:
     return tuple(seeds) if seeds is not None else tuple(range(RUN_SEEDS.get(name, 3)))
-
-
-def base_eval_key(model_path: str, n_test: int, max_new_tokens: int, seed: int) -> dict | None:
-    """What the base evaluation depends on: the weights' SHA-256 and the evaluation settings (None: not a local
-    model directory, so nothing to check a saved evaluation against)."""
-    import hashlib
-
-    shards = sorted(Path(model_path).glob("*.safetensors")) if Path(model_path).is_dir() else []
-    if not shards:
-        return None
-    digest = hashlib.sha256()
-    for shard in shards:
-        with shard.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return {"model_sha256": digest.hexdigest(), "n_test": n_test, "max_new_tokens": max_new_tokens, "seed": seed}
-
-
-def evaluate_base(model_path: str, n_test: int, max_new_tokens: int, out: Path, seed: int = 0) -> dict:
-    """Base-model test evaluation in both prompt formats and under both image controls. A saved evaluation of the
-    same weights and settings (`out/base_eval.json`, its `key`) is reused: every invocation of the main job, and the
-    ablation, would otherwise evaluate the same model again."""
-    import dataclasses
-
-    from rlsd.evaluate import evaluate
-    from rlsd.model import ModelSpec, load_policy
-    from rlsd.rollout import VALIDATION_SAMPLING
-    from rlsd.testbed import ideal_observer_answer, load_splits
-
-    key = base_eval_key(model_path, n_test, max_new_tokens, seed)
-    saved_path = Path(out) / "base_eval.json"
-    if key is not None and saved_path.exists():
-        saved = json.loads(saved_path.read_text())
-        if saved.get("key") == key:
-            print(f"base evaluation: reusing {saved_path} (same weights and settings)")
-            return saved
-    model, processor = load_policy(ModelSpec(path=model_path))
-    model.eval()
-    _, _, test = load_splits(n_train=0, n_val=None, n_test=n_test)
-    sampling = dataclasses.replace(VALIDATION_SAMPLING, max_new_tokens=max_new_tokens)
-    results = {}
-    for fmt, control in (("student", "none"), ("teacher", "none"), ("student", "blank"), ("student", "shuffled")):
-        res = evaluate(model, processor, test, fmt=fmt, control=control, sampling=sampling, seed=seed)
-        results[f"{fmt}/{control}"] = res.summary
-    # Greedy decoding: what the student's most likely reading gives -- the headroom sharpening alone could reach.
-    greedy = dataclasses.replace(sampling, temperature=0.0)
-    results["student_greedy/none"] = evaluate(model, processor, test, fmt="student", sampling=greedy, seed=seed).summary
-    results["ideal_observer_accuracy"] = sum(ideal_observer_answer(p) == p.answer for p in test) / len(test)
-    if key is not None:
-        results["key"] = key
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "base_eval.json").write_text(json.dumps(results, indent=2))
-    return results
 
 
 def _train_one(cfg_json: str, threads: int) -> float:
@@ -154,7 +102,7 @@ def reproduce(profile: str = "cpu", seeds: tuple[int, ...] | None = None, method
     if not Path(model_path).exists():
         if model_path != SHIPPED_TINY:
             raise FileNotFoundError(f"model {model_path} not found")
-        from rlsd.sft import SFTConfig, train_sft
+        from rlsd.testbed.sft import SFTConfig, train_sft
 
         print(f"{model_path} missing: training the warm start (python -m rlsd sft)")
         train_sft(SFTConfig(out=model_path))
@@ -244,3 +192,58 @@ def draw_figures(logs: Path, suffix: str = "", directory: str | None = None) -> 
     paths += save_figure(training_dynamics_figure(runs, lam_zero, items), f"03_training_dynamics{suffix}", directory)
     paths += save_figure(leakage_figure(runs, base, lam_zero), f"02_leakage{suffix}", directory)
     return list(paths)
+
+
+def notebook_logs(profile: str, smoke_methods: tuple[str, ...], smoke_seeds: tuple[int, ...] = (0,),
+                  root: str | Path | None = None) -> Path | None:
+    """The directory of run logs a notebook analyses, or None (with one printed instruction) if there is none.
+
+    `smoke` (CI): runs the real pipeline -- `rlsd.reproduce.reproduce` with the shipped warm start, base evaluation,
+    training and log copying -- for `smoke_methods` x `smoke_seeds` at the smoke profile's few steps, into a fresh
+    temporary directory, and returns its logs directory (the full runs, with their checkpoints, are deleted at once;
+    the small logs at a normal interpreter exit). It runs on ONE torch thread (restored afterwards): the tiny
+    model's matrices are too small for a second thread to pay, and when the other core is busy two threads made a
+    3-step run ~50x slower (59 s instead of 1.2 s, measured on the 2-core development machine).
+    Any other profile: never trains; returns `<root>/data/runs/<profile>` as written by
+    `python -m rlsd reproduce --profile <profile>`.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    if profile == "smoke":
+        model = root / SHIPPED_TINY
+        if not model.exists():
+            print(f"The warm start {model} is missing, so the smoke runs are skipped. Train it with "
+                  f"`python -m rlsd sft --out {SHIPPED_TINY}` (from the repository root), then re-run this notebook.")
+            return None
+        import torch
+
+        tmp = Path(tempfile.mkdtemp(prefix="rlsd-smoke-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            reproduce("smoke", seeds=tuple(smoke_seeds), methods=tuple(smoke_methods), runs_dir=str(tmp / "runs"),
+                      logs_dir=str(tmp / "logs"), overrides=[f"model.path={model}"], make_figures=False,
+                      figures_dir=str(tmp / "figures"))
+        finally:
+            torch.set_num_threads(threads)
+            shutil.rmtree(tmp / "runs", ignore_errors=True)
+        return tmp / "logs"
+    logs = root / "data" / "runs" / profile
+    if not any((d / "metrics.jsonl").exists() for d in logs.glob("*-s*")):
+        print(f"No run logs in {logs}. Run the reproduction first (from the repository root):\n\n"
+              f"    python -m rlsd reproduce --profile {profile}\n\n"
+              f"then re-run this notebook. The analysis cells below are skipped.")
+        return None
+    if not (logs / "summary.json").exists():
+        print(f"{logs}/summary.json is missing: the reproduction has not finished; analysing the runs present.")
+    return logs
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Paired endpoints (issue: statistics a reviewer accepts). Runs of different methods with the same seed share their
+# prompts and sampling seeds, so differences are taken seed by seed and summarised by their mean and paired
+# standard error -- much tighter than comparing two unpaired means.

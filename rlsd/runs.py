@@ -290,59 +290,6 @@ def response_flags(problem, response: str) -> dict:
             "unsupported": answer is not None and "family" in problem.meta and supported != answer}
 
 
-def notebook_logs(profile: str, smoke_methods: tuple[str, ...], smoke_seeds: tuple[int, ...] = (0,),
-                  root: str | Path | None = None) -> Path | None:
-    """The directory of run logs a notebook analyses, or None (with one printed instruction) if there is none.
-
-    `smoke` (CI): runs the real pipeline -- `rlsd.reproduce.reproduce` with the shipped warm start, base evaluation,
-    training and log copying -- for `smoke_methods` x `smoke_seeds` at the smoke profile's few steps, into a fresh
-    temporary directory, and returns its logs directory (the full runs, with their checkpoints, are deleted at once;
-    the small logs at a normal interpreter exit). It runs on ONE torch thread (restored afterwards): the tiny
-    model's matrices are too small for a second thread to pay, and when the other core is busy two threads made a
-    3-step run ~50x slower (59 s instead of 1.2 s, measured on the 2-core development machine).
-    Any other profile: never trains; returns `<root>/data/runs/<profile>` as written by
-    `python -m rlsd reproduce --profile <profile>`.
-    """
-    import atexit
-    import shutil
-    import tempfile
-
-    from rlsd.config import SHIPPED_TINY
-
-    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
-    if profile == "smoke":
-        model = root / SHIPPED_TINY
-        if not model.exists():
-            print(f"The warm start {model} is missing, so the smoke runs are skipped. Train it with "
-                  f"`python -m rlsd sft --out {SHIPPED_TINY}` (from the repository root), then re-run this notebook.")
-            return None
-        import torch
-
-        from rlsd.reproduce import reproduce
-
-        tmp = Path(tempfile.mkdtemp(prefix="rlsd-smoke-"))
-        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            reproduce("smoke", seeds=tuple(smoke_seeds), methods=tuple(smoke_methods), runs_dir=str(tmp / "runs"),
-                      logs_dir=str(tmp / "logs"), overrides=[f"model.path={model}"], make_figures=False,
-                      figures_dir=str(tmp / "figures"))
-        finally:
-            torch.set_num_threads(threads)
-            shutil.rmtree(tmp / "runs", ignore_errors=True)
-        return tmp / "logs"
-    logs = root / "data" / "runs" / profile
-    if not any((d / "metrics.jsonl").exists() for d in logs.glob("*-s*")):
-        print(f"No run logs in {logs}. Run the reproduction first (from the repository root):\n\n"
-              f"    python -m rlsd reproduce --profile {profile}\n\n"
-              f"then re-run this notebook. The analysis cells below are skipped.")
-        return None
-    if not (logs / "summary.json").exists():
-        print(f"{logs}/summary.json is missing: the reproduction has not finished; analysing the runs present.")
-    return logs
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # Paired endpoints (issue: statistics a reviewer accepts). Runs of different methods with the same seed share their
 # prompts and sampling seeds, so differences are taken seed by seed and summarised by their mean and paired

@@ -2,6 +2,7 @@
 
     python -m rlsd study --part confirm --jobs 2       # GRPO and RLSD x 10 new seeds, dense evaluation
     python -m rlsd study --part sensitivity --jobs 2   # the (λ0, ε_w) grid and constant λ, 5 seeds each
+    python -m rlsd study --part controls --jobs 2      # shuffled, oracle, wrong-answer, negative_only at the strongest
     python -m rlsd study --summary-only                # the verdicts below, from data/runs/study
 
 Everything here is declared BEFORE the runs it judges (the commit that adds a part's criteria precedes its logs).
@@ -36,6 +37,13 @@ Controls (at the strongest cell: the largest paired gain, declared rule; their s
 their criteria unchanged from here): shuffled weights (targeting or rescaling: cell − shuffled > 2 SE means the
 targeting matters), an oracle teacher (cell − oracle < −2 SE means the self-teacher is the bottleneck), a wrong-answer
 teacher (wrong − cell > −2 SE, i.e. not worse, means the gain does not need the answer), negative_only (reported).
+
+(Controls, as implemented in the later commit: the strongest cell is the grid cell -- the four (λ0, ε_w) cells,
+constant λ not among them -- with the largest mean paired gain on the primary endpoint, read from the sensitivity
+logs when the controls start; that reading of "strongest cell" is written down here while the sensitivity runs
+were under way, before any of their results was looked at. Each control is the strongest cell's settings plus one
+switch, on seeds 100-104: `rlsd_shuffle_weights`, `teacher_reference=oracle` (rlsd.testbed.oracle_delta: the
+demonstrator's exact evidence), `teacher_reference=wrong_answer`, `rlsd_negative_only`.)
 """
 
 from __future__ import annotations
@@ -66,14 +74,45 @@ PARTS = {
 }
 CELLS = {"rlsd": (0.5, 0.2), "rlsd_l1.0_e0.2": (1.0, 0.2), "rlsd_l0.5_e0.5": (0.5, 0.5), "rlsd_l1.0_e0.5": (1.0, 0.5)}
 LEAK_MARGIN = 0.02
+# the controls: name -> the switch added to the strongest cell's settings
+CONTROLS = {"ctl_shuffled": ["rlsd_shuffle_weights=true"], "ctl_oracle": ["teacher_reference=oracle"],
+            "ctl_wrong_answer": ["teacher_reference=wrong_answer"], "ctl_negative_only": ["rlsd_negative_only=true"]}
+
+
+def cell_overrides(cell: str) -> list[str]:
+    """The overrides of a grid cell (the paper's cell has none)."""
+    return [] if cell == "rlsd" else PARTS["sensitivity"][cell][1]
+
+
+def strongest_cell(logs: str | Path = LOGS) -> str:
+    """The declared rule: the grid cell with the largest mean paired gain over GRPO (area 0-75, seeds 100-104).
+    Raises, naming what is missing, until every cell has its 5 seeds."""
+    from rlsd.runs import load_runs, paired_difference, with_base_eval
+
+    logs = Path(logs)
+    runs = load_runs(logs) if logs.exists() else {}
+    if (logs / "base_eval.json").exists():
+        runs = with_base_eval(runs, json.loads((logs / "base_eval.json").read_text())["student/none"])
+    auc = endpoints()["auc_0_75"]
+    gains = {}
+    for cell in CELLS:
+        have = set(runs.get(cell, {})) & set(runs.get("grpo", {})) & set(SENSITIVITY_SEEDS)
+        if len(have) < len(SENSITIVITY_SEEDS):
+            raise ValueError(f"{logs}: cell {cell} has {len(have)} of seeds {list(SENSITIVITY_SEEDS)} paired with "
+                             f"GRPO; run `python -m rlsd study --part sensitivity` (and confirm) first")
+        pick = lambda ps: {k: v for k, v in ps.items() if k in SENSITIVITY_SEEDS}  # noqa: E731
+        gains[cell] = paired_difference(auc(pick(runs[cell])), auc(pick(runs["grpo"])))["mean"]
+    return max(gains, key=gains.get)
 
 
 def study_runs(part: str, runs_dir: str) -> list[tuple[str, object]]:
     """(run name, TrainConfig) for every run of `part`."""
-    if part not in PARTS:
-        raise ValueError(f"--part must be one of {sorted(PARTS)}, got {part!r}")
+    if part not in (*PARTS, "controls"):
+        raise ValueError(f"--part must be one of {sorted([*PARTS, 'controls'])}, got {part!r}")
     out = []
-    for name, (method, extra, seeds) in PARTS[part].items():
+    part_runs = PARTS[part] if part != "controls" else {
+        name: ("rlsd", cell_overrides(strongest_cell()) + switch, SENSITIVITY_SEEDS) for name, switch in CONTROLS.items()}
+    for name, (method, extra, seeds) in part_runs.items():
         for seed in seeds:
             cfg = make_config(PROFILE, COMMON + extra, method=method, seed=seed,
                               out=str(Path(runs_dir) / f"{name}-s{seed}"))
@@ -177,10 +216,42 @@ def judge_study(logs: str | Path = LOGS) -> dict:
             _paired(runs, cell, "grpo", e["peak_rollout_leak"]), kind="bound")
     row("sensitivity: does strength help, (1.0, 0.5) - (0.5, 0.2), area 0-75 (points)",
         _paired(runs, "rlsd_l1.0_e0.5", "rlsd", e["auc_0_75"]))
-    result = {"rows": rows, "runs": {name: sorted(per_seed) for name, per_seed in runs.items()}}
+    try:
+        cell = strongest_cell(logs)
+    except ValueError:
+        cell = None
+    if cell is not None:
+        sens = {name: {k: v for k, v in ps.items() if k in SENSITIVITY_SEEDS} for name, ps in runs.items()}
+        row(f"controls: targeting matters, {cell} - shuffled weights, area 0-75 (points)",
+            _paired(sens, cell, "ctl_shuffled", e["auc_0_75"]))
+        row(f"controls: the self-teacher is the bottleneck, {cell} - oracle teacher, area 0-75 (points; yes = below "
+            f"-2 SE)", _paired(sens, cell, "ctl_oracle", e["auc_0_75"]), sign=-1)
+        p = _paired(sens, "ctl_wrong_answer", cell, e["auc_0_75"])
+        rows.append(_not_worse_row(f"controls: the gain does not need the answer, wrong-answer teacher - {cell}, "
+                                   f"area 0-75 (points; yes = not below -2 SE)", p))
+        row(f"controls (reported): negative_only - {cell}, area 0-75 (points)",
+            _paired(sens, "ctl_negative_only", cell, e["auc_0_75"]))
+        for name in CONTROLS:
+            row(f"controls (reported): {name} - GRPO, area 0-75 (points)", _paired(sens, name, "grpo", e["auc_0_75"]))
+            row(f"controls (reported): {name} - GRPO, peak T = 1 rollout leak rate (points; yes = within 2)",
+                _paired(sens, name, "grpo", e["peak_rollout_leak"]), kind="bound")
+    result = {"rows": rows, "strongest_cell": cell, "runs": {name: sorted(per_seed) for name, per_seed in runs.items()}}
     if logs.exists():
         (logs / "verdicts.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _not_worse_row(criterion: str, p: dict) -> dict:
+    """'yes' when the paired mean is not below -2 SE (a non-inferiority reading, as declared for the wrong answer)."""
+    if p["mean"] is None:
+        verdict = "not run"
+    elif p["n"] < 3:
+        verdict = f"undetermined ({p['n']} seeds)"
+    else:
+        verdict = "yes" if p["mean"] >= -2 * (p["se"] or 0.0) else "no"
+    return {"criterion": criterion, "mean": None if p["mean"] is None else p["mean"] * 100,
+            "se": None if p["se"] is None else p["se"] * 100, "n": p["n"], "positive": p.get("positive"),
+            "verdict": verdict}
 
 
 def verdicts_markdown(result: dict) -> str:

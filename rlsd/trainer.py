@@ -62,7 +62,7 @@ from rlsd.prompts import student_messages, teacher_messages
 from rlsd.rollout import VALIDATION_SAMPLING, Rollout, SamplingParams, hf_generate
 from rlsd.scoring import TokenScores, score_responses, suppress_mask, suppressed_token_ids
 from rlsd.teacher import TeacherWeights
-from rlsd.testbed import mentions_reference, wrong_answer
+from rlsd.testbed import mentions_reference, oracle_delta, wrong_answer
 from rlsd.verifier import extract_answer, score_batch
 
 TEACHER_MODE = {"grpo": None, "rlsd": "snapshot", "opsd": None, "grpo_opsd": None, "sdpo": "ema"}
@@ -408,7 +408,7 @@ class Trainer:
         """The teacher's prompts for each response (None for GRPO): same images as the student's."""
         cfg, G = self.cfg, self.cfg.group_size
         grouped = [p for p in problems for _ in range(G)]
-        if cfg.method == "grpo":
+        if cfg.method == "grpo" or cfg.teacher_reference == "oracle":  # the oracle needs no teacher pass
             return None
         if cfg.method == "sdpo":
             demos = sdpo_demonstrations(responses, rewards_N.tolist(), G, cfg.sdpo_demo)
@@ -434,6 +434,17 @@ class Trainer:
             s = score_responses(model, batch.teacher.select(rows), ids_BT, mask_BT, self.suppress_V,
                                 with_entropy=False, keep_hidden=keep)
         return s.logp_BT.detach(), s if keep else None
+
+    def oracle_deltas(self, batch: StepBatch) -> torch.Tensor:
+        """The oracle control's Δ_NT (`teacher_reference="oracle"`): the demonstrator's exact evidence for each
+        sampled token given the reference answer (rlsd.testbed.oracle_delta), 0 on padding."""
+        G, ids_NT, mask_NT = self.cfg.group_size, batch.rollout.response_ids_BT, batch.rollout.response_mask_BT
+        delta_NT = torch.zeros(ids_NT.shape, dtype=torch.float32)
+        for n, (ids, m) in enumerate(zip(ids_NT.tolist(), mask_NT.tolist())):
+            tokens = [self.tok.decode([i]) for i, keep in zip(ids, m) if keep]
+            d = oracle_delta(batch.problems[n // G], tokens, self.cfg.oracle_demo_error)
+            delta_NT[n, [t for t, keep in enumerate(m) if keep]] = torch.tensor(d, dtype=torch.float32)
+        return delta_NT.to(self.acc.device)
 
     def thought_mask(self, ids_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
         """thought_only's scope: each response's tokens before its first closing thought tag (all of it if it has
@@ -489,6 +500,7 @@ class Trainer:
         drift_grads = None
         self.optimizer.zero_grad(set_to_none=True)
         teacher_logp_NT = None
+        oracle_NT = self.oracle_deltas(batch) if cfg.teacher_reference == "oracle" and cfg.method == "rlsd" else None
         if batch.teacher is not None and cfg.method not in NEEDS_LOGITS:
             # RLSD needs only sampled-token log-probs: one batched no-grad pass, the paper's "one extra forward".
             t0 = clock()
@@ -508,6 +520,8 @@ class Trainer:
             s = score_responses(self.model, batch.student.select(rows), ids_BT, mask_BT, self.suppress_V,
                                 with_entropy=True, keep_hidden=cfg.method in NEEDS_LOGITS)
             mask_BT = mask_BT.to(s.logp_BT.device)
+            if oracle_NT is not None:  # a "teacher" whose log-prob differs from the student's by exactly the oracle Δ
+                teacher_logp_BT = s.logp_BT.detach() + oracle_NT[rows]
             mb = MicroBatch(student=s, mask_BT=mask_BT, adv_B=batch.adv_N[rows].to(self.acc.device),
                             teacher_logp_BT=teacher_logp_BT, teacher=teacher_s,
                             distill_mask_BT=mask_BT * distilled_N[rows].to(mask_BT.device).unsqueeze(-1),
@@ -650,7 +664,7 @@ class Trainer:
             peak_mb = torch.cuda.max_memory_allocated() / 2**20
         else:
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        teacher_used = batch.teacher is not None
+        teacher_used = batch.teacher is not None or self.cfg.teacher_reference == "oracle"
         return {
             "step": self.step, "method": cfg.method, "seed": cfg.seed,
             "reward_mean": r_sum / n, "accuracy": r_sum / n,

@@ -120,7 +120,7 @@ def test_base_evaluation_is_reused_only_for_the_same_weights_and_settings(tmp_pa
     from types import SimpleNamespace
 
     import rlsd.evaluate as E
-    from rlsd.reproduce import evaluate_base
+    from rlsd.testbed.evaluation import evaluate_base
 
     calls = []
     monkeypatch.setattr(E, "evaluate", lambda *a, **k: calls.append(k.get("fmt")) or SimpleNamespace(

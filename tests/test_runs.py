@@ -5,6 +5,7 @@ import math
 import pytest
 
 from rlsd import runs as R
+from rlsd.reproduce import notebook_logs
 
 
 def fake_run(evals, metrics=(), samples=()):
@@ -120,14 +121,14 @@ def test_format_verdict_and_markdown():
 
 
 def test_notebook_logs_never_trains_outside_smoke(tmp_path, capsys):
-    assert R.notebook_logs("cpu", ("grpo",), root=tmp_path) is None
+    assert notebook_logs("cpu", ("grpo",), root=tmp_path) is None
     assert "python -m rlsd reproduce --profile cpu" in capsys.readouterr().out
     run = tmp_path / "data" / "runs" / "cpu" / "grpo-s0"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert R.notebook_logs("cpu", ("grpo",), root=tmp_path) == tmp_path / "data" / "runs" / "cpu"
+    assert notebook_logs("cpu", ("grpo",), root=tmp_path) == tmp_path / "data" / "runs" / "cpu"
     assert "has not finished" in capsys.readouterr().out
-    assert R.notebook_logs("smoke", ("grpo",), root=tmp_path) is None  # no warm start there: skipped, not trained
+    assert notebook_logs("smoke", ("grpo",), root=tmp_path) is None  # no warm start there: skipped, not trained
     assert "python -m rlsd sft" in capsys.readouterr().out
 
 

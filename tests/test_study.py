@@ -58,3 +58,50 @@ def test_confirmation_leak_bound_can_fail(tmp_path):
         write_run(tmp_path, "rlsd", seed, lambda s: 0.6, leak=0.1 + 0.001 * seed)
     got = {r["criterion"]: r["verdict"] for r in S.judge_study(tmp_path)["rows"]}
     assert next(v for k, v in got.items() if k.startswith("confirm, leakage")) == "no"
+
+
+def grid_logs(root, gains):
+    """GRPO on the confirmation seeds, each grid cell (and any extra name) on seeds 100-104 with a known gain."""
+    noise = [0.004 * ((7 * s) % 5 - 2) for s in range(10)]
+    for i, seed in enumerate(S.CONFIRM_SEEDS):
+        write_run(root, "grpo", seed, lambda s, e=noise[i]: 0.6 + 0.001 * s + e)
+        if seed in S.SENSITIVITY_SEEDS:
+            for name, gain in gains.items():
+                write_run(root, name, seed, lambda s, e=noise[i], g=gain, j=i: 0.6 + 0.001 * s + e + (
+                    g if s <= 75 else 0.0) + 0.002 * (j % 3 - 1))
+
+
+def test_strongest_cell_is_the_declared_rule_and_needs_every_cell(tmp_path):
+    with pytest.raises(ValueError, match="cell rlsd"):
+        S.strongest_cell(tmp_path)
+    grid_logs(tmp_path, {"rlsd": 0.01, "rlsd_l1.0_e0.2": 0.02, "rlsd_l0.5_e0.5": 0.005, "rlsd_l1.0_e0.5": 0.015,
+                         "rlsd_const": 0.05})  # constant λ is not a grid cell: never the strongest
+    assert S.strongest_cell(tmp_path) == "rlsd_l1.0_e0.2"
+
+
+@pytest.mark.parametrize("shuffled, oracle, wrong, expected", [
+    (0.0, 0.04, -0.02, ("yes", "yes", "no")),   # targeting matters, a better teacher helps, the answer is needed
+    (0.02, 0.02, 0.02, ("no", "no", "yes")),    # negative control: every control as good as the cell
+])
+def test_control_verdicts(tmp_path, shuffled, oracle, wrong, expected):
+    grid_logs(tmp_path, {"rlsd": 0.02, "rlsd_l1.0_e0.2": 0.0, "rlsd_l0.5_e0.5": 0.0, "rlsd_l1.0_e0.5": 0.0,
+                         "ctl_shuffled": shuffled, "ctl_oracle": oracle, "ctl_wrong_answer": wrong,
+                         "ctl_negative_only": 0.01})
+    result = S.judge_study(tmp_path)
+    assert result["strongest_cell"] == "rlsd"
+    got = {r["criterion"]: r["verdict"] for r in result["rows"]}
+    pick = lambda words: next(v for k, v in got.items() if words in k)  # noqa: E731
+    assert (pick("targeting matters"), pick("bottleneck"), pick("does not need the answer")) == expected
+
+
+def test_control_runs_are_the_strongest_cell_plus_one_switch(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "strongest_cell", lambda logs=None: "rlsd_l1.0_e0.5")
+    runs = dict(S.study_runs("controls", "runs/study"))
+    assert len(runs) == 4 * len(S.SENSITIVITY_SEEDS)
+    oracle, shuffled = runs["ctl_oracle-s100"], runs["ctl_shuffled-s104"]
+    assert (oracle.rlsd_lam0, oracle.rlsd_clip_eps, oracle.teacher_reference) == (1.0, 0.5, "oracle")
+    assert shuffled.rlsd_shuffle_weights and shuffled.teacher_reference == "answer" and shuffled.rlsd_lam0 == 1.0
+    assert runs["ctl_wrong_answer-s101"].teacher_reference == "wrong_answer"
+    assert runs["ctl_negative_only-s102"].rlsd_negative_only and "ctl_oracle-s105" not in runs
+    monkeypatch.setattr(S, "strongest_cell", lambda logs=None: "rlsd")
+    assert dict(S.study_runs("controls", "runs/study"))["ctl_oracle-s100"].rlsd_lam0 == 0.5  # the paper's cell

@@ -205,7 +205,8 @@ def test_evaluate_summary_is_complete_and_seeded():
 def test_careless_demonstrator_is_self_consistent_and_errs_at_its_rate():
     import random
 
-    from rlsd.sft import careless_solution, sft_example
+    from rlsd.testbed import careless_solution
+    from rlsd.testbed.sft import sft_example
 
     problems = generate_split("train", 400)
     rng = random.Random(0)
@@ -234,16 +235,16 @@ def test_shipped_warm_start_was_trained_with_the_default_sft_config():
     from dataclasses import asdict
     from pathlib import Path
 
-    from rlsd.sft import SFTConfig
+    from rlsd.testbed.sft import SFTConfig
 
     shipped = json.loads((Path(__file__).resolve().parents[1] / "data" / "tiny-sft" / "sft_config.json").read_text())
     assert shipped == asdict(SFTConfig())
 
 
 def test_conditioned_demonstrator_knows_the_answer_and_nothing_else():
-    """Teacher-format targets (rlsd.sft.conditioned_solution): always the gold answer; the read-outs the answer pins
+    """Teacher-format targets (rlsd.testbed.conditioned_solution): always the gold answer; the read-outs the answer pins
     are always right; the read-outs nothing pins are exactly as careless as the student-format demonstrator's."""
-    from rlsd.sft import careless_solution, conditioned_solution
+    from rlsd.testbed import careless_solution, conditioned_solution
     from rlsd.testbed import PINNED_FAMILIES, readout_checks
 
     problems = generate_split("train", 1000)

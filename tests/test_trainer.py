@@ -668,3 +668,50 @@ def test_thought_mask_stops_at_the_closing_tag(tiny_dir, tmp_path):
     start = next(t for t in range(len(ids[0])) if ids[0][t:t + len(close)] == close)
     assert thought_BT[0].tolist() == [True] * start + [False] * (T_ - start)
     assert thought_BT[1].tolist() == mask_BT[1].bool().tolist()  # no closing tag: all of it (truncated)
+
+
+def test_oracle_control_uses_the_demonstrators_evidence_without_a_teacher_pass(tiny_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from rlsd.testbed import generate_split, oracle_delta, solution_text
+
+    cfg = smoke_config("rlsd", tmp_path / "o", tiny_dir, "steps=1", "eval_every=0", "save_every=0",
+                       "teacher_reference=oracle")
+    trainer = T.Trainer(cfg, progress=False)
+    tok, G = trainer.tok, cfg.group_size
+    problem = next(p for p in generate_split("test", 50) if p.meta["family"] == "count")
+    misread = dict(problem.meta["counts"], **{problem.meta["colour"]: problem.meta["counts"][problem.meta["colour"]] + 1})
+    texts = [f"<thought>{t}</thought><answer>{a}</answer>" for t, a in (
+        solution_text("count", problem.meta["counts"], problem.meta), solution_text("count", misread, problem.meta))]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts] * (G // 2)
+    width = max(map(len, ids)) + 2  # padding after every row
+    ids_NT = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in ids])
+    mask_NT = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
+    batch = SimpleNamespace(problems=[problem], rollout=SimpleNamespace(response_ids_BT=ids_NT, response_mask_BT=mask_NT))
+    delta_NT = trainer.oracle_deltas(batch)
+    for n, row in enumerate(ids):
+        expected = oracle_delta(problem, [tok.decode([i]) for i in row], cfg.oracle_demo_error)
+        assert delta_NT[n, :len(row)].tolist() == pytest.approx(expected)
+        assert delta_NT[n, len(row):].abs().sum() == 0
+    assert delta_NT[0].max() > 0 and delta_NT[1].min() < 0  # the right read-out credited, the misread blamed
+    (record,) = trainer.train()  # a whole step: no teacher forward at all
+    assert record["time_teacher_s"] == 0.0 and record["lambda"] > 0
+
+
+def test_oracle_delta_reaches_the_update(tiny_dir, tmp_path, even_reward):
+    """The oracle's Δ is what RLSD's weights read: a non-zero Δ changes the update, Δ = 0 gives the plain one."""
+    def run(name, value):
+        cfg = smoke_config("rlsd", tmp_path / name, tiny_dir, "steps=1", "eval_every=0", "save_every=0",
+                           "teacher_reference=oracle", "rlsd_lam0=1")
+        trainer = T.Trainer(cfg, progress=False)
+        if value is not None:
+            trainer.oracle_deltas = lambda b: torch.full(b.rollout.response_ids_BT.shape, value) * \
+                b.rollout.response_mask_BT
+        (record,) = trainer.train()
+        return record, {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+
+    zero, p_zero = run("zero", 0.0)
+    pushed, p_pushed = run("pushed", 1.0)
+    assert pushed["reward_mean"] == zero["reward_mean"]  # the same batch ...
+    assert changed(p_zero, p_pushed) and pushed["delta_mean"] == pytest.approx(1.0)  # ... another update
+    assert zero["delta_mean"] == 0.0 and zero["drift_adv_share"] == 0.0

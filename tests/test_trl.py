@@ -257,3 +257,38 @@ def test_readme_example_runs_two_steps(tmp_path, monkeypatch, variant):
     logs = [h for h in trainer.state.log_history if "rlsd/lambda" in h]
     assert len(logs) == 2 and logs[0]["rlsd/lambda"] == trainer.args.rlsd_lam0 > 0
     assert ("pixel_values" in trainer._buffered_inputs[0]) == (not variant)
+
+
+ANCHOR_SCRIPT = REPO.parent / "shared" / "bench" / "trl_anchor.py"
+
+
+def test_trl_side_by_side_times_both_trainers_on_the_anchor_batch(monkeypatch):
+    """`bench --peer`: GRPOTrainer and RLSDGRPOTrainer alternate on the anchor's batch; RLSD's teacher pass is timed
+    inside the subclass and the unit (one no-grad forward of the same batch) beside it."""
+    from rlsd.integrations import trl_bench
+
+    if not ANCHOR_SCRIPT.exists():
+        pytest.skip("../shared/bench/trl_anchor.py is not present")
+    monkeypatch.setitem(trl_bench.ANCHOR, "n_prompts", 16)
+    monkeypatch.setitem(trl_bench.ANCHOR, "prompts_per_step", 2)
+    monkeypatch.setitem(trl_bench.ANCHOR, "generations", 4)
+    monkeypatch.setitem(trl_bench.ANCHOR, "max_completion_length", 8)
+    threads = torch.get_num_threads()
+    try:
+        r = trl_bench.side_by_side(str(ANCHOR_SCRIPT), rounds=1, steps=3, warmup=1, threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert r["completions_per_step"] == 8 and len(r["grpo_step_s_per_round"]) == len(r["rlsd_step_s_per_round"]) == 1
+    assert r["rlsd_teacher_s"] > 0 and r["no_grad_forward_s"] > 0 and r["grpo_step_s"] > 0
+    assert r["rlsd_extra_s"] == pytest.approx(r["rlsd_step_s"] - r["grpo_step_s"], abs=1e-3)
+    assert r["rlsd_extra_over_forward"] == pytest.approx(r["rlsd_extra_s"] / r["no_grad_forward_s"], rel=0.01)
+
+
+def test_trl_side_by_side_refuses_a_file_that_is_not_the_anchor(tmp_path):
+    from rlsd.integrations.trl_bench import load_anchor
+
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_anchor(str(tmp_path / "missing.py"))
+    (tmp_path / "other.py").write_text("def build_tokenizer():\n    pass\n")
+    with pytest.raises(AttributeError, match="build_processor"):
+        load_anchor(str(tmp_path / "other.py"))

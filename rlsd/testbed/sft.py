@@ -45,7 +45,8 @@ from rlsd.evaluate import evaluate
 from rlsd.inputs import encode_prompts
 from rlsd.prompts import student_messages, teacher_messages
 from rlsd.scoring import score_responses, suppress_mask, suppressed_token_ids
-from rlsd.testbed import COLOUR_ORDER, MENTION_TEMPLATE, load_splits, solution_text
+from rlsd.testbed.demonstrator import careless_solution, conditioned_solution
+from rlsd.testbed.scenes import MENTION_TEMPLATE, load_splits
 from rlsd.tiny import build_processor, build_tiny_model
 
 
@@ -93,36 +94,6 @@ class SFTConfig:
     """Language-model width."""
     layers: int = 4
     """Language-model depth."""
-
-
-def careless_solution(problem, rng: random.Random, error: float) -> tuple[str, str]:
-    """(thought, answer) of a demonstrator who misreads each colour count by one with probability `error`.
-
-    The misreading is +1 or -1 with equal odds (a count of 0 read as -1 stays 0), so the true count stays the most
-    likely reading for any `error` < 2/3. The solution is self-consistent: the combination and the answer follow
-    from the (mis)read counts.
-    """
-    counts = dict(problem.meta["counts"])
-    for colour in COLOUR_ORDER:
-        if rng.random() < error:
-            counts[colour] = max(0, counts[colour] + (1 if rng.random() < 0.5 else -1))
-    return solution_text(problem.meta["family"], counts, problem.meta)
-
-
-MAX_REJECTION_TRIES = 10_000
-
-
-def conditioned_solution(problem, rng: random.Random, error: float) -> tuple[str, str, bool]:
-    """(thought, answer, exact) of the careless demonstrator conditioned on its answer being the gold answer.
-
-    Rejection sampling: exact draws from the demonstrator's posterior given the answer. The acceptance rate is at
-    least (1 - error)^4 (all four read-outs right), so `MAX_REJECTION_TRIES` is never reached for error <= 0.9;
-    if it were, the correct solution is returned with exact=False (counted by the caller)."""
-    for _ in range(MAX_REJECTION_TRIES):
-        thought, answer = careless_solution(problem, rng, error)
-        if answer == problem.answer:
-            return thought, answer, True
-    return problem.solution, problem.answer, False
 
 
 def sft_example(problem, teacher: bool, rng: random.Random, mention_prob: float,
@@ -225,7 +196,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> dict:
             f.write(json.dumps(record) + "\n")
     model.save_pretrained(out)
     if cfg.final_eval_problems:
-        from rlsd.reproduce import evaluate_base
+        from rlsd.testbed.evaluation import evaluate_base
 
         evaluate_base(str(out), cfg.final_eval_problems, 40, out)
     return last

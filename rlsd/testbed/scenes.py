@@ -30,7 +30,7 @@ Perception is noisy on purpose: each square's colour is its colour's prototype p
 therefore genuinely ambiguous and even an ideal observer (nearest prototype per square) answers only ~86% of the
 test split correctly -- the ceiling of what reading the image can give. The reference answer is informative exactly
 where the image is ambiguous: the paper's premise that the answer changes the model's belief about the steps.
-(The warm start sits well below that ceiling because it imitates an imperfect demonstrator: `rlsd.sft`.)
+(The warm start sits well below that ceiling because it imitates an imperfect demonstrator: `rlsd.testbed.sft`.)
 
 Difficulty: `easy` problems draw counts from 0-4, `hard` from 0-8. Splits come from disjoint seed streams and are
 de-duplicated against each other by content.
@@ -60,7 +60,7 @@ SPLIT_SEEDS = {"train": 1_000_003, "val": 2_000_003, "test": 3_000_017}
 SPLIT_SIZES = {"train": 20_000, "val": 500, "test": 1_500}
 LETTERS = "ABCD"
 
-# The mention habit of the teacher format (see rlsd.sft): a minority of teacher targets open with it.
+# The mention habit of the teacher format (see rlsd.testbed.sft): a minority of teacher targets open with it.
 MENTION_TEMPLATE = "the reference answer is {answer} ,"
 MENTION_PREFIX = "<thought>the reference answer is"  # how a response that leaks the habit begins
 
