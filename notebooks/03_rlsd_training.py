@@ -109,6 +109,8 @@ GPU_STEPS = 20  # optimizer steps per method on a GPU (the profiles' full run: 1
 BENCH_LIMIT = 20  # items per benchmark split for a quick pass; None: the full splits (Table 2's numbers)
 BENCH_MAX_NEW_TOKENS = 2048  # response budget of the benchmark pass (the paper's: 4096)
 BENCH_BATCH = 8  # benchmark items per generate call
+SESSION_BUDGET_MIN = 60  # §6 measures one step on the GPU first, estimates the section's time ...
+FIT_TO_BUDGET = True  # ... and shrinks steps, evaluation and benchmark sizes until the estimate fits (False: as set)
 
 # %%
 # %matplotlib inline
@@ -381,6 +383,39 @@ else:
           f"{STANDIN['train_rows']} testbed problems in the hub layout, {STANDIN['steps']} steps per method, synthetic "
           f"benchmark fixtures ({STANDIN['bench_limit']} items per split, {STANDIN['bench_max_new_tokens']} new "
           "tokens); everything in a temporary folder.")
+
+# %% [markdown]
+# **Time, measured before it is spent.** One RLSD step of the chosen profile on its real batch (`rlsd.timing.measure_costs`:
+# rollout, teacher pass, update) gives the GPU's step cost and its cost per decode step; `rlsd.timing.fit_session`
+# turns them into an upper-bound estimate of training, evaluation and benchmarks, and, with `FIT_TO_BUDGET`, halves
+# the steps, then the evaluation problems, the benchmark items and the benchmark budget until the estimate fits
+# `SESSION_BUDGET_MIN`. Training and benchmarks then show progress bars with their own ETA. (The CPU stand-in
+# measures and prints its plan the same way, and keeps its sizes.)
+
+# %%
+if RUN_GPU:
+    from rlsd.timing import Session, fit_session, measure_costs, plan_markdown
+
+    planned = make_config(gpu_profile, train_overrides, method="rlsd")
+    costs = measure_costs(gpu_profile, train_overrides)
+    colab.free_accelerator_memory()  # the measurement's model and engine, before training loads its own
+    plan = fit_session(costs, Session(
+        steps=planned.steps, methods=len(GPU_METHODS), evaluations=2, eval_problems=planned.eval_problems,
+        eval_max_new_tokens=planned.eval_max_new_tokens, eval_batch=planned.rollout_batch_size or 16,
+        bench_models=1 + len(GPU_METHODS), bench_limit=bench_options["limit"],
+        bench_max_new_tokens=bench_options["max_new_tokens"], bench_batch=bench_options["batch_size"]),
+        budget_min=SESSION_BUDGET_MIN)
+    display(Markdown(plan_markdown(plan)))
+    if gpu is not None:  # notebook 04 sizes its benchmark pass from the same measurement
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "session_costs.json").write_text(json.dumps(vars(costs)) + "\n")
+    if gpu is not None and FIT_TO_BUDGET and plan["changes"]:
+        chosen = plan["chosen"]
+        train_overrides += [f"steps={chosen.steps}", f"eval_every={max(1, chosen.steps // 2)}",
+                            f"eval_problems={chosen.eval_problems}"]
+        bench_options.update(limit=chosen.bench_limit, max_new_tokens=chosen.bench_max_new_tokens)
+        bench_out = work / f"benchmark-{chosen.bench_max_new_tokens}tok"
+        print("Sizes set to fit the budget (FIT_TO_BUDGET = False keeps yours).")
 
 # %%
 if RUN_GPU:

@@ -421,6 +421,8 @@ BENCH_LIMIT = 20  # items per split for a quick pass; None: the full splits (Tab
 BENCH_MAX_NEW_TOKENS = 2048  # response budget (the paper's: 4096); part of the output folder's name
 BENCH_BATCH = 8
 ROW_METHODS = ("grpo", "rlsd")  # adapters looked for beside the base model
+SESSION_BUDGET_MIN = 60  # on a GPU the pass is estimated first (from notebook 03's measurement) ...
+FIT_TO_BUDGET = True  # ... and its items / budget halved until the estimate fits (False: as set)
 
 gpu = colab.visible_gpu()
 if gpu is not None:
@@ -433,6 +435,25 @@ if gpu is not None:
     bench_tmp = None
     print(f"GPU: {gpu.name}, {gpu.memory_gib:.1f} GiB -> {bench_model} (profile {bench_profile}); benchmarks from "
           "the hub; adapters found: " + (", ".join(adapters) or f"none under {bench_root}/runs (notebook 03 §6)"))
+    # Time, before it is spent: notebook 03 §6 measured this GPU's decode step (rlsd.timing); the pass is sized to fit.
+    from IPython.display import Markdown
+
+    from rlsd.timing import Costs, Session, fit_session, plan_markdown
+
+    costs_path = bench_root / "session_costs.json"
+    if costs_path.exists():
+        plan = fit_session(Costs(**json.loads(costs_path.read_text())), Session(
+            steps=0, methods=0, evaluations=0, eval_problems=0, bench_models=1 + len(adapters), bench_limit=BENCH_LIMIT,
+            bench_max_new_tokens=BENCH_MAX_NEW_TOKENS, bench_batch=BENCH_BATCH), budget_min=SESSION_BUDGET_MIN)
+        display(Markdown(plan_markdown(plan)))
+        if FIT_TO_BUDGET and plan["changes"]:
+            bench_options.update(limit=plan["chosen"].bench_limit, max_new_tokens=plan["chosen"].bench_max_new_tokens)
+            bench_out = bench_root / f"benchmark-{plan['chosen'].bench_max_new_tokens}tok"
+    else:
+        calls = (1 + len(adapters)) * 5 * -(-(BENCH_LIMIT or 1000) // BENCH_BATCH)
+        print(f"No measured decode cost for this GPU ({costs_path} is written by notebook 03 §6): the pass is at "
+              f"most {calls} generate calls x {BENCH_MAX_NEW_TOKENS} decode steps; at 0.2 s a step (HF generate, 2B, "
+              f"a T4-class GPU: an assumption, not a measurement) about {calls * BENCH_MAX_NEW_TOKENS * 0.2 / 60:.0f} min.")
 else:
     bench_tmp = Path(tempfile.mkdtemp(prefix="rlsd-nb04-bench-"))
     bench_model = SHIPPED_TINY

@@ -38,13 +38,23 @@ def run_bench(profile: str = "smoke", overrides: list[str] | None = None, repeat
               methods=METHODS, compare_sharing: bool = False) -> dict:
     """The phase split and ratios above; `compare_sharing` also times every method with prompts unshared
     (alternating with the shared runs), reported under keys ending in `_unshared` (or `_shared`)."""
-    from rlsd.trainer import StepBatch, Trainer, clock
+    from rlsd.trainer import Trainer
 
     trainers = {}
-    for method in methods:
-        cfg = make_config(profile, overrides, method=method, out=f"/tmp/rlsd-bench/{method}", tensorboard=False,
-                          eval_every=0, save_every=0)
-        trainers[method] = Trainer(cfg, progress=False)
+    try:
+        for method in methods:
+            cfg = make_config(profile, overrides, method=method, out=f"/tmp/rlsd-bench/{method}", tensorboard=False,
+                              eval_every=0, save_every=0)
+            trainers[method] = Trainer(cfg, progress=False)
+        return _time_phases(trainers, profile, repeats, methods, compare_sharing)
+    finally:  # a vLLM engine holds GPU memory and a worker process until it is shut down
+        for trainer in trainers.values():
+            trainer.close()
+
+
+def _time_phases(trainers: dict, profile: str, repeats: int, methods, compare_sharing: bool) -> dict:
+    from rlsd.trainer import StepBatch, clock
+
     first = trainers[methods[0]]
     # compare_sharing: every phase also with prompts unshared (rollout prefill included), alternating, to measure
     # what sharing saves.

@@ -57,14 +57,22 @@ def visible_device() -> DeviceState:
                        capability=tuple(torch.cuda.get_device_capability(0)), vllm_installed=vllm)
 
 
+def _why_no_cuda() -> str:
+    """The likely reason, from torch's own build."""
+    import torch
+
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build: install a CUDA one"
+    return f"if nvidia-smi lists a GPU, its driver is older than this torch's CUDA {torch.version.cuda} build needs"
+
+
 def check(cfg: TrainConfig, device: DeviceState, env=None) -> None:
     """Raise PreflightError (one line) if `cfg` cannot run on `device`; return None if it can."""
     env = os.environ if env is None else env
     if cfg.device == "cuda" and not device.cuda:
         raise PreflightError(
             f"device=cuda (model.path={cfg.model.path}): no CUDA device is visible to torch; run on a GPU (on Colab: "
-            "Runtime > Change runtime type > GPU), or set device=cpu to run on the CPU anyway (hours per step at "
-            "2B/8B)")
+            f"Runtime > Change runtime type > GPU; {_why_no_cuda()}), or set device=cpu to run on the CPU anyway (hours per step at 2B/8B)")
     on_gpu = device.cuda and cfg.device != "cpu"
     if not on_gpu:
         return

@@ -271,3 +271,31 @@ def test_role_figure_renders(tmp_path):
     fig = plot_role_credit(summarise_credit(t, resamples=20, seed=0))
     fig.savefig(tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_spearman_and_teacher_vs_oracle_agreement():
+    from rlsd.credit import TokenCredit, spearman, teacher_vs_oracle
+    from rlsd.testbed import generate_split, oracle_delta, solution_text
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [1, 2]) is None
+    problems = [p for p in generate_split("test", 200) if p.meta["family"] in ("count", "sum")][:20]
+    credits, rng = [], np.random.default_rng(0)
+    for i, p in enumerate(problems):
+        counts = dict(p.meta["counts"])
+        if i % 2:  # every other response misreads a needed colour
+            c = p.meta.get("colour") or p.meta["colours"][0]
+            counts[c] += 1
+        thought, answer = solution_text(p.meta["family"], counts, p.meta)
+        words = f"<thought>{thought}</thought><answer>{answer}</answer>".split(" ")
+        tokens = [words[0]] + [" " + w for w in words[1:]]
+        credits.append(TokenCredit(tokens=tokens, delta=[], weight=[], credit=[], reward=0.0, lam=0.5))
+    for sign in (+1, -1):  # a teacher that agrees with the oracle, and one that contradicts it (negative control)
+        for c, p in zip(credits, problems):
+            c.delta = [sign * d + 0.01 * rng.standard_normal() for d in oracle_delta(p, c.tokens, 0.5)]
+            c.labels = None
+        got = teacher_vs_oracle(credits, problems, 0.5, resamples=200)["readout_needed"]
+        assert got["tokens"] > 20 and got["oracle_positive_share"] > 0 and got["oracle_negative_share"] > 0
+        assert got["sign_agreement"] == (1.0 if sign > 0 else 0.0)
+        assert sign * got["spearman"] > 0.5 and got["spearman_ci95"][0] <= got["spearman"] <= got["spearman_ci95"][1]
