@@ -134,6 +134,17 @@ def cmd_bench(args):
 
     from rlsd.bench import peer_batch, peer_sitting, run_bench
 
+    if args.jobs_side_by_side:
+        from rlsd.bench import jobs_side_by_side
+
+        result = jobs_side_by_side()
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "jobs_speedup.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"{result['runs']} runs of {result['steps']} steps: one 2-thread process after another "
+              f"{result['median_sequential_s']:.1f} s, side by side {result['median_parallel_s']:.1f} s "
+              f"(x{result['speedup']:.2f}); written to {out}/jobs_speedup.json")
+        return
     if args.sitting:
         if not args.peer:
             raise ValueError("--sitting needs --peer TRL_ANCHOR_PY")
@@ -267,8 +278,8 @@ def main(argv=None):
                         "multi-thread process; the numbers are the same)")
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("study", help="the RLSD study: pre-registered confirmation and sensitivity (rlsd.study)")
-    p.add_argument("--part", default="confirm", help="confirm | sensitivity")
+    p = sub.add_parser("study", help="the RLSD study: pre-registered confirmation, sensitivity and controls (rlsd.study)")
+    p.add_argument("--part", default="confirm", help="confirm | sensitivity | controls (after sensitivity)")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each")
     p.add_argument("--runs-dir", default="runs/study", help="where full runs (with checkpoints) go")
     p.add_argument("--logs-dir", default=None, help="where the small logs go (default data/runs/study)")
@@ -291,6 +302,9 @@ def main(argv=None):
                    help="with --peer: skip timing TRL's GRPOTrainer against rlsd.integrations.trl.RLSDGRPOTrainer "
                         "(rlsd.integrations.trl_bench; written to --out-dir/trl_subclass.json)")
     p.add_argument("--trl-rounds", type=int, default=3, help="with --peer: rounds of the TRL side by side")
+    p.add_argument("--jobs-side-by-side", action="store_true",
+                   help="time short cpu runs as one 2-thread process after another vs two 1-thread processes side by "
+                        "side (what reproduce/study --jobs 2 buys); writes --out-dir/jobs_speedup.json")
     p.add_argument("--out-dir", default="data/bench")
     p.add_argument("overrides", nargs="*", help="field=value config overrides")
     p.set_defaults(func=cmd_bench)

@@ -19,6 +19,7 @@ its time is too; with `compare_sharing` it is timed with and without the shared 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -329,3 +330,42 @@ if __name__ == "__main__":  # python -m rlsd.bench [--out FILE]: the scoring-mem
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
+
+
+# ------------------------------------------------------------------------------------------ --jobs, side by side
+
+
+def jobs_side_by_side(runs: int = 2, steps: int = 10, rounds: int = 2, work: str = "/tmp/rlsd-jobs-bench",
+                      overrides: list[str] | None = None) -> dict:
+    """What `reproduce --jobs 2` buys on this machine: `runs` short cpu-profile GRPO runs (no evaluation, no
+    checkpoint) as ONE process after another with 2 torch threads each, and as `runs` single-thread processes side
+    by side, alternating the two ways `rounds` times (fresh processes both ways, so start-up costs the same).
+    Returns the wall times and the median speed-up."""
+    import concurrent.futures
+    import multiprocessing
+    import shutil
+    from pathlib import Path
+
+    from rlsd.reproduce import _train_one
+
+    def batch(mode: str, r: int) -> float:
+        extra = [f"steps={steps}", "eval_every=0", "save_every=0", *(overrides or [])]
+        cfgs = [make_config("cpu", extra, method="grpo", seed=s, out=str(Path(work) / f"{mode}-{r}-s{s}"),
+                            tensorboard=False) for s in range(runs)]
+        workers, threads = (1, 2) if mode == "sequential" else (runs, 1)
+        t0 = time.perf_counter()
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_train_one, [c.to_json() for c in cfgs], [threads] * runs))
+        wall = time.perf_counter() - t0
+        shutil.rmtree(work, ignore_errors=True)
+        return wall
+
+    walls = {"sequential": [], "parallel": []}
+    for r in range(rounds):
+        for mode in (("sequential", "parallel") if r % 2 == 0 else ("parallel", "sequential")):
+            walls[mode].append(round(batch(mode, r), 2))
+    seq, par = statistics.median(walls["sequential"]), statistics.median(walls["parallel"])
+    return {"runs": runs, "steps": steps, "rounds": rounds, "profile": "cpu", "method": "grpo",
+            "sequential": "one process at a time, 2 torch threads", "parallel": f"{runs} processes, 1 thread each",
+            "wall_s": walls, "median_sequential_s": seq, "median_parallel_s": par, "speedup": round(seq / par, 3),
+            "cpus": os.cpu_count()}

@@ -181,9 +181,51 @@ def study_block() -> str:
 
     if not LOGS.exists():
         return _missing(LOGS, "python -m rlsd study --part confirm --jobs 2")
+    from rlsd.study import CELLS, LAMBDA_WINDOW, SENSITIVITY_SEEDS
+
     result = judge_study(LOGS)
     runs = ", ".join(f"{name} x {len(seeds)}" for name, seeds in sorted(result["runs"].items()))
-    return f"Runs logged: {runs or 'none'}.\n\n" + verdicts_markdown(result)
+    lines = [f"Runs logged: {runs or 'none'}.", "", verdicts_markdown(result)]
+    times = _load(LOGS / "run_times.json") or {}
+    walls = {k.removeprefix("wall_").split("_jobs")[0]: v for k, v in times.items() if k.startswith("wall_")}
+    parts = [f"{part} {v / 60:.0f} min" for part, v in walls.items()]
+    if parts:
+        lines.append(f"\nWall time, two single-thread processes on 2 cores (`run_times.json`): {', '.join(parts)}; "
+                     f"{sum(walls.values()) / 60:.0f} min in all.")
+    if all(c in result["runs"] for c in CELLS) and "grpo" in result["runs"]:
+        from rlsd.credit import spearman
+        from rlsd.runs import load_runs, paired_difference, per_seed_auc, with_base_eval
+
+        logged = with_base_eval(load_runs(LOGS), _load(LOGS / "base_eval.json")["student/none"])
+        five = {n: {k: v for k, v in ps.items() if k in SENSITIVITY_SEEDS} for n, ps in logged.items()}
+        gain = {c: paired_difference(per_seed_auc(five[c], last_step=LAMBDA_WINDOW),
+                                     per_seed_auc(five["grpo"], last_step=LAMBDA_WINDOW))["mean"] for c in CELLS}
+        rho = spearman([lam * eps for lam, eps in CELLS.values()], [gain[c] for c in CELLS])
+        lines.append(f"Dose-response over the four grid cells (seeds {SENSITIVITY_SEEDS[0]}-{SENSITIVITY_SEEDS[-1]}): "
+                     f"Spearman ρ of λ0·ε_w with the mean paired gain = {rho:+.2f}; strongest cell by the declared "
+                     f"rule: `{result['strongest_cell']}` (the controls' cell).")
+    speed = _load(REPO / "data" / "bench" / "jobs_speedup.json")
+    if speed:
+        lines.append(f"`--jobs 2` on this machine: {speed['runs']} runs of {speed['steps']} steps took "
+                     f"{speed['median_sequential_s']:.0f} s as one 2-thread process after another and "
+                     f"{speed['median_parallel_s']:.0f} s as two 1-thread processes side by side (x{speed['speedup']:.2f}, "
+                     f"median of {speed['rounds']} alternating rounds; `python -m rlsd bench --jobs-side-by-side`).")
+    return "\n".join(lines)
+
+
+def trl_block() -> str:
+    """RLSDGRPOTrainer beside TRL's GRPOTrainer (data/bench/trl_subclass.json, python -m rlsd bench --peer ...)."""
+    path = REPO / "data" / "bench" / "trl_subclass.json"
+    t = _load(path)
+    if t is None:
+        return _missing(path, "python -m rlsd bench --peer PATH/trl_anchor.py --methods grpo,rlsd")
+    return (f"On the TRL anchor's batch ({t['completions_per_step']} completions x {t['max_completion_length']} "
+            f"tokens, tiny Qwen3-VL, LoRA r=8, CPU, {t['torch_threads']} threads, TRL {t['trl']}; {t['rounds']} "
+            f"alternating rounds of {t['steps']} steps, first {t['warmup_dropped']} dropped): GRPOTrainer step "
+            f"**{t['grpo_step_s']:.2f} s**, RLSDGRPOTrainer **{t['rlsd_step_s']:.2f} s** "
+            f"(x{t['rlsd_over_grpo']:.2f}). RLSD's extra time is **{t['rlsd_extra_over_forward']:.2f} no-grad "
+            f"forwards** of the batch ({t['no_grad_forward_s']:.2f} s each); the teacher pass alone (teacher-prompt "
+            f"tokenization with its images + one no-grad forward) is {t['teacher_over_forward']:.2f} forwards.")
 
 
 def gpu_check_block() -> str:
@@ -267,6 +309,7 @@ BLOCKS = {
     "scoring-memory": scoring_memory_block,
     "bench-testbed": lambda: bench_block("bench_testbed"),
     "bench-anchor": lambda: bench_block("bench_anchor"),
+    "trl": trl_block,
 }
 
 

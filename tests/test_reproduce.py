@@ -156,3 +156,13 @@ def test_jobs_side_by_side_give_the_same_logs_as_one_after_the_other(tmp_path, m
                                and k != "peak_mem_mb"} for line in path.read_text().splitlines()]
         assert strip(tmp_path / "l1" / run / "metrics.jsonl") == strip(tmp_path / "l2" / run / "metrics.jsonl")
     assert serial["table"]["rlsd"]["final"] == parallel["table"]["rlsd"]["final"]
+
+
+def test_jobs_side_by_side_times_both_ways(tmp_path):
+    from rlsd.bench import jobs_side_by_side
+
+    r = jobs_side_by_side(runs=2, steps=1, rounds=1, work=str(tmp_path / "w"),
+                          overrides=["n_train_problems=32", "max_new_tokens=8"])
+    assert len(r["wall_s"]["sequential"]) == len(r["wall_s"]["parallel"]) == 1
+    assert r["speedup"] == pytest.approx(r["median_sequential_s"] / r["median_parallel_s"], rel=0.01)
+    assert not (tmp_path / "w").exists()  # the runs are deleted
