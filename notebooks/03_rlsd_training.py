@@ -397,7 +397,8 @@ if RUN_GPU:
     from rlsd.timing import Session, fit_session, measure_costs, plan_markdown
 
     planned = make_config(gpu_profile, train_overrides, method="rlsd")
-    costs = measure_costs(gpu_profile, train_overrides)
+    with colab.quiet_progress_bars() if gpu is None else contextlib.nullcontext():
+        costs = measure_costs(gpu_profile, train_overrides)
     colab.free_accelerator_memory()  # the measurement's model and engine, before training loads its own
     plan = fit_session(costs, Session(
         steps=planned.steps, methods=len(GPU_METHODS), evaluations=2, eval_problems=planned.eval_problems,

@@ -364,7 +364,7 @@ print(f"batch 64: accuracy {harness['headline']:.3f} (95% CI {low:.3f}–{high:.
 
 # %%
 if summary is not None and PROFILE == "cpu" and base_eval is not None:
-    from rlsd.reproduce import base_eval_key
+    from rlsd.testbed.evaluation import base_eval_key
 
     base_record = base_eval["student/none"]
     now = base_eval_key(SHIPPED_TINY, N_HARNESS, eval_tokens, 0)
