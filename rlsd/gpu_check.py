@@ -18,17 +18,22 @@ through the GPU profile's settings (`qwen3vl-2b` / `qwen3vl-8b`: NF4 base, LoRA,
 4. `train_resume`: the real training loop for two steps with checkpoints, then a resumed third step.
 
 Random weights mean: rewards are ~0, and nearly every response runs to `max_new_tokens` (a worst case for
-rollout length). Timings and memory are real; accuracy is meaningless. The real checkpoint needs the hub or a local
+rollout length); `train_resume` therefore alternates each group's rewards 0, 1, 0, 1 so its updates have non-zero
+advantages and a real backward. Timings and memory are real; accuracy is meaningless. The real checkpoint needs the hub or a local
 copy: `python -m rlsd train --profile qwen3vl-2b` is the same code with `model.path` pointing at it.
 
 Results go to `<out>/gpu_check.json`, rewritten after every stage, so a run cut short still reports what it did.
 `--arch tiny` runs the same stages on the CPU in seconds (the test of this script).
 
+`--gpu-class t4 --memory-cap-gib 16` is the T4 stand-in on a bigger card: the `qwen3vl-2b-t4` profile (float16,
+its own micro-batches) with CUDA allocations capped at 16 GiB.
+
 `--device cpu` is the CPU rehearsal at the real dimensions (`--arch 2b --device cpu`): the same model shapes, NF4
 base through bitsandbytes' CPU path, the LoRA targets, chunked scoring over the 151,936-entry vocabulary, the
 gradient-checkpointed update with shared prompts, and a resume -- on a tiny batch (`CPU_REHEARSAL`: 1 prompt x 2
 samples, images of at most 65,536 pixels), stages `lora_grads` and `train_resume` only. It reports the process's peak
-resident memory after each stage beside `rlsd.memory`'s weight estimate (`memory` in the JSON). Not part of pytest.
+resident memory after each stage (and its resident memory then) beside `rlsd.memory`'s weight estimate (`memory` in
+the JSON). Not part of pytest.
 """
 
 from __future__ import annotations
@@ -143,6 +148,17 @@ CPU_REHEARSAL = ["prompts_per_step=1", "group_size=2", "micro_batch_size=2", "ro
 CPU_STAGES = ("lora_grads", "train_resume")
 
 
+def rss_gib() -> float | None:
+    """This process's resident memory now (Linux /proc; None elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
 def peak_rss_gib() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     import resource
@@ -215,7 +231,28 @@ def build_model(arch: str, path: Path, use_cuda: bool | None = None) -> dict:
     return {"parameters": n_params}
 
 
-def overrides_for(arch: str, model_dir: Path, max_new_tokens: int, device: str = "auto") -> list[str]:
+def profile_for(arch: str, gpu_class: str | None = None) -> str:
+    """The profile a check runs: `qwen3vl-<arch>-<gpu_class>` (that class's own batch settings) or the arch's
+    default (the big-GPU batch of `overrides_for`)."""
+    if gpu_class is None:
+        return PROFILE_OF_ARCH[arch]
+    if arch == "tiny":
+        raise ValueError("--gpu-class: only the released shapes (--arch 2b or 8b) have per-class profiles")
+    return f"qwen3vl-{arch}-{gpu_class}"
+
+
+def cap_gpu_memory(cap_gib: float) -> float:
+    """Limit this process's CUDA allocations to `cap_gib` (the stand-in for a smaller card); returns the fraction."""
+    if not torch.cuda.is_available():
+        raise SystemExit(f"--memory-cap-gib {cap_gib:g}: needs a CUDA device (torch.cuda.is_available() is False)")
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = min(1.0, cap_gib * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    return fraction
+
+
+def overrides_for(arch: str, model_dir: Path, max_new_tokens: int, device: str = "auto",
+                  gpu_class: str | None = None) -> list[str]:
     base = [f"model.path={model_dir}", "data=testbed", "engine=hf", "eval_every=0", "tensorboard=false",
             f"max_new_tokens={max_new_tokens}", "n_train_problems=200"]
     if arch == "tiny":  # the smoke profile is full-parameter; take the GPU profiles' model path instead
@@ -223,6 +260,8 @@ def overrides_for(arch: str, model_dir: Path, max_new_tokens: int, device: str =
             ["device=cpu"] if device == "cpu" else [])
     if device == "cpu":
         return base + CPU_REHEARSAL
+    if gpu_class is not None:  # the class profile's own micro-batches: what that card runs
+        return base
     # A big GPU: whole-batch generation and teacher pass; update micro-batches of 8 (activations with a backward).
     return base + ["prompts_per_step=8", "group_size=8", "micro_batch_size=8", "rollout_batch_size=0",
                    "score_batch_size=0"]
@@ -383,19 +422,32 @@ def rollout_variants(profile: str, overrides: list[str], prompts_per_step: int =
 
 
 def train_resume_check(profile: str, overrides: list[str], out: Path) -> dict:
+    """The real training loop (RLSD) for two steps with checkpoints, then a resumed third step. A random model earns
+    no reward, so every group's advantages would be 0 and the update a no-op: here each group's rewards alternate
+    0, 1, 0, 1 (`rewards` in the result) so the update's backward and optimizer step really run."""
+    from rlsd import algorithm as alg
     from rlsd.config import make_config
     from rlsd.trainer import Trainer
 
+    class AlternatingRewards(Trainer):
+        def rollout(self):
+            batch = super().rollout()
+            rewards_N = (torch.arange(batch.rewards_N.numel()) % 2).to(batch.rewards_N.dtype)
+            return dataclasses.replace(batch, rewards_N=rewards_N,
+                                       adv_N=alg.group_advantages(rewards_N, self.cfg.group_size))
+
     shutil.rmtree(out, ignore_errors=True)
     common = dict(method="rlsd", out=str(out), save_every=1, rlsd_decay_steps=2, teacher_sync_every=1)
-    first = Trainer(make_config(profile, overrides, steps=2, **common), progress=False).train()
-    resumed_trainer = Trainer(make_config(profile, overrides, steps=3, **common), progress=False)
+    first = AlternatingRewards(make_config(profile, overrides, steps=2, **common), progress=False).train()
+    resumed_trainer = AlternatingRewards(make_config(profile, overrides, steps=3, **common), progress=False)
     resumed = resumed_trainer.train()
     keys = ("step", "reward_mean", "response_tokens_mean", "truncated_frac", "lambda", "loss", "grad_norm",
             "time_rollout_s", "time_teacher_s", "time_update_s", "peak_mem_mb")
     steps = [r for r in first + resumed if "reward_mean" in r]
-    return {"steps": [{k: r.get(k) for k in keys} for r in steps],
-            "resumed_from": 2, "ok": [r["step"] for r in steps] == [1, 2, 3]}
+    learned = all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in steps)
+    return {"steps": [{k: r.get(k) for k in keys} for r in steps], "rewards": "alternating 0/1 within each group",
+            "resumed_from": 2, "gradient_every_step": learned,
+            "ok": [r["step"] for r in steps] == [1, 2, 3] and learned}
 
 
 def main(argv=None) -> dict:
@@ -410,17 +462,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--rollout-runs", type=int, default=1, help="timed rollouts per configuration (median)")
     parser.add_argument("--skip", default="",
                         help="comma-separated stages to skip (lora_grads, rollouts, bench, train_resume)")
+    parser.add_argument("--gpu-class", choices=("t4", "l4", "a100"), default=None,
+                        help="run the qwen3vl-<arch>-<class> profile with its own batch settings (t4: float16)")
+    parser.add_argument("--memory-cap-gib", type=float, default=None,
+                        help="cap CUDA memory (torch.cuda.set_per_process_memory_fraction): 16 = a T4 stand-in")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="skip the optional stages (extra bench methods) once this much time has passed")
     args = parser.parse_args(argv)
+
+    try:  # refusals first: nothing is built or written before them
+        profile = profile_for(args.arch, args.gpu_class)
+    except ValueError as err:
+        parser.error(str(err))
+    cap = cap_gpu_memory(args.memory_cap_gib) if args.memory_cap_gib else None
 
     from rlsd.bench import run_bench
 
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"arch": args.arch, "profile": PROFILE_OF_ARCH[args.arch], "max_new_tokens": args.max_new_tokens,
+    report: dict = {"arch": args.arch, "profile": profile, "max_new_tokens": args.max_new_tokens,
                     "device": args.device}
+    if cap is not None:
+        report["memory_cap"] = {"gib": args.memory_cap_gib, "fraction": round(cap, 4)}
     cpu = args.device == "cpu"
 
     def stage(name, fn, *a):
@@ -431,16 +495,19 @@ def main(argv=None) -> dict:
             report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
         report[name + "_s"] = round(time.perf_counter() - t0, 1)
         if cpu:
-            report.setdefault("memory", {}).setdefault("peak_rss_gib_after", {})[name] = round(peak_rss_gib(), 2)
+            memory = report.setdefault("memory", {})
+            memory.setdefault("peak_rss_gib_after", {})[name] = round(peak_rss_gib(), 2)
+            now = rss_gib()
+            memory.setdefault("rss_gib_after", {})[name] = None if now is None else round(now, 2)
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
         print(f"[{time.perf_counter() - t_start:6.0f}s] {name}: {json.dumps(report[name], default=str)[:600]}",
               flush=True)
 
     work = Path(args.work_dir)
     model_dir = work / f"qwen3vl-{args.arch}-random"
-    profile, overrides = report["profile"], overrides_for(args.arch, model_dir, args.max_new_tokens, args.device)
+    overrides = overrides_for(args.arch, model_dir, args.max_new_tokens, args.device, args.gpu_class)
     if cpu:
-        report["overrides"] = overrides
+        report["overrides"] = [o.replace(str(work), "<work-dir>") for o in overrides]  # no machine paths in reports
     stage("environment", environment)
     stage("build", build_model, args.arch, model_dir, not cpu)
     skip = set(filter(None, args.skip.split(",")))

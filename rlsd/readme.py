@@ -256,6 +256,50 @@ def gpu_check_block() -> str:
     return "\n".join(lines)
 
 
+CPU_REHEARSAL_JSON = "cpu-qwen3vl-2b-rehearsal.json"
+
+
+def cpu_rehearsal_block() -> str:
+    """The 2B-shaped path rehearsed on this machine's CPU (python -m rlsd.gpu_check --arch 2b --device cpu)."""
+    path = REPO / "data" / "gpu_check" / CPU_REHEARSAL_JSON
+    r = _load(path)
+    if r is None:
+        return _missing(path, "python -m rlsd.gpu_check --arch 2b --device cpu --out DIR; copy DIR/gpu_check.json")
+    env, mem = r["environment"], r["memory"]
+    peak, now = mem["peak_rss_gib_after"], mem.get("rss_gib_after", {})
+
+    def row(stage: str, label: str, result: str) -> str:
+        done = r.get(stage, {})
+        result = f"failed: {done['error'][:80]}" if "error" in done else result
+        after = f"{now[stage]:.2f}" if now.get(stage) is not None else "—"
+        return f"| {label} | {result} | {r[stage + '_s']:.0f} | {peak[stage]:.2f} | {after} |"
+
+    grads, run = r["lora_grads"], r["train_resume"]
+    steps = run.get("steps", [])
+    norms = ", ".join(f"{s['grad_norm']:.3g}" for s in steps)
+    lines = [f"{env['cpu_cores']} CPU cores, torch {env['torch']}, bitsandbytes {env['bitsandbytes']}; a random "
+             f"Qwen3-VL with the 2B model's shapes ({r['build']['parameters'] / 1e9:.2f} B parameters), profile "
+             f"`{r['profile']}` on the CPU, 1 prompt x 2 responses x {r['max_new_tokens']} tokens "
+             f"(`{path.relative_to(REPO)}`). Overall: **{'passed' if r['ok'] else 'FAILED'}** in "
+             f"{r['total_s'] / 60:.1f} min.", "",
+             "| stage | result | wall (s) | peak RSS so far (GiB) | RSS after (GiB) |", "|---|---|---|---|---|",
+             row("build", "build (bf16 checkpoint written)", f"{r['build']['parameters']:,} parameters"),
+             row("lora_grads", "lora_grads", f"{grads.get('lora_B_with_gradient')}/{grads.get('lora_B_matrices')} "
+                                            f"LoRA B matrices with a non-zero gradient"),
+             row("train_resume", "train_resume",
+                 f"steps {[s['step'] for s in steps]} (3 resumed from the step-2 checkpoint); grad norms {norms}")]
+    lines += ["", f"`rlsd.memory`'s weight estimate for this model: **{mem['weights_estimate_gib']:.2f} GiB** "
+                  f"({'NF4' if mem['load_in_4bit'] else mem['dtype']} layers, {mem['dtype']} for the rest); the "
+                  f"process's peak resident memory: **{max(peak.values()):.2f} GiB**, which also holds the Python "
+                  f"runtime, torch, the bf16 checkpoint as it is read and quantised, and the batch's activations."]
+    if steps:
+        per = [s.get("time_rollout_s", 0) + s.get("time_teacher_s", 0) + s.get("time_update_s", 0) for s in steps]
+        lines.append(f"One RLSD step on this CPU: {min(per):.0f}-{max(per):.0f} s (rollout + teacher pass + update; "
+                     f"the rollout is {min(s['time_rollout_s'] for s in steps):.0f}-"
+                     f"{max(s['time_rollout_s'] for s in steps):.0f} s of it).")
+    return "\n".join(lines)
+
+
 def gpu_rollouts_block() -> str:
     """The `rollouts` stage of a GPU check (data/gpu_check/*-rollouts.json): tokens/s per rollout configuration."""
     found = sorted((REPO / "data" / "gpu_check").glob("*-rollouts.json"))
@@ -298,6 +342,7 @@ def rollouts_table(path: Path) -> str:
 
 BLOCKS = {
     "gpu-check": gpu_check_block,
+    "cpu-rehearsal": cpu_rehearsal_block,
     "gpu-rollouts": gpu_rollouts_block,
     "cpu-rollouts": cpu_rollouts_block,
     "reproduction": reproduction_block,

@@ -28,6 +28,8 @@ def test_gpu_check_runs_every_stage_on_cpu(tmp_path):
     assert report["lora_grads"]["lora_B_with_gradient"] == report["lora_grads"]["lora_B_matrices"] > 0
     assert report["bench"]["rlsd_over_grpo"] > 0
     assert [s["step"] for s in report["train_resume"]["steps"]] == [1, 2, 3]
+    assert report["train_resume"]["gradient_every_step"]  # alternating rewards: the update really moved LoRA
+    assert all(s["grad_norm"] > 0 for s in report["train_resume"]["steps"])
     assert set(report["bench_distillation"]["methods"]) == {"opsd", "sdpo"}
     assert json.loads((tmp_path / "gpu_check.json").read_text())["ok"]
 
@@ -63,6 +65,8 @@ def test_cpu_rehearsal_runs_only_its_stages_and_reports_peak_memory(tmp_path):
     assert [s["step"] for s in report["train_resume"]["steps"]] == [1, 2, 3]
     peaks = report["memory"]["peak_rss_gib_after"]
     assert set(peaks) >= {"build", "lora_grads", "train_resume"} and all(v > 0 for v in peaks.values())
+    now = report["memory"]["rss_gib_after"]
+    assert set(now) == set(peaks) and all(0 < now[k] <= peaks[k] + 0.01 for k in now)
     assert report["environment"]["cpu_cores"] >= 1 and "load_average_at_end" in report["environment"]
     # The 2B rehearsal's batch and device: real shapes, a tiny batch, on the CPU whatever the profile says.
     two_b = overrides_for("2b", tmp_path, 4, "cpu")
@@ -77,3 +81,22 @@ def test_weights_estimate_of_the_cpu_rehearsal():
     assert est["load_in_4bit"] and est["dtype"] == "bfloat16"
     assert 2.4 < est["weights_estimate_gib"] < 2.8
     assert weights_estimate("tiny", "smoke", []) == {}
+
+
+def test_t4_stand_in_selects_the_class_profile_and_refuses_without_cuda(tmp_path):
+    """`--gpu-class t4 --memory-cap-gib 16`: the T4 profile (float16, its own micro-batches); the cap needs CUDA and
+    the refusal comes before anything is written."""
+    from rlsd.config import make_config
+    from rlsd.gpu_check import overrides_for, profile_for
+
+    assert profile_for("2b") == "qwen3vl-2b" and profile_for("2b", "t4") == "qwen3vl-2b-t4"
+    with pytest.raises(ValueError, match="--gpu-class"):
+        profile_for("tiny", "t4")
+    cfg = make_config("qwen3vl-2b-t4", overrides_for("2b", tmp_path / "m", 64, gpu_class="t4"), method="rlsd")
+    assert cfg.model.dtype == "float16" and cfg.micro_batch_size == 2 and cfg.max_new_tokens == 64
+    big = make_config("qwen3vl-2b", overrides_for("2b", tmp_path / "m", 64), method="rlsd")
+    assert big.micro_batch_size == 8  # negative case: without the class, the big-GPU batch
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        main(["--arch", "2b", "--gpu-class", "t4", "--memory-cap-gib", "16", "--out", str(out)])
+    assert not out.exists()

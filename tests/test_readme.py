@@ -51,3 +51,33 @@ def test_gpu_rollouts_block_renders_a_check_report(tmp_path, monkeypatch):
     text = readme.gpu_rollouts_block()
     assert "| nf4+shared | nf4 | yes | dynamic | no | 600 | yes |" in text
     assert "failed: RuntimeError: boom" in text and "**nf4+shared**, 1.25x" in text
+
+
+def test_cpu_rehearsal_block_renders_the_report_and_a_failed_stage(tmp_path, monkeypatch):
+    import json
+
+    import rlsd.readme as readme
+
+    monkeypatch.setattr(readme, "REPO", tmp_path)
+    assert "not measured yet" in readme.cpu_rehearsal_block()
+    (tmp_path / "data" / "gpu_check").mkdir(parents=True)
+    steps = [dict(step=k, grad_norm=0.5 * k, loss=0.1, time_rollout_s=70.0, time_teacher_s=3.0, time_update_s=10.0)
+             for k in (1, 2, 3)]
+    report = {"profile": "qwen3vl-2b", "max_new_tokens": 128, "ok": True, "total_s": 600.0,
+              "environment": {"cpu_cores": 2, "torch": "2.13.0+cpu", "bitsandbytes": "0.50.2"},
+              "build": {"parameters": 2438696960}, "build_s": 52.0,
+              "lora_grads": {"lora_B_matrices": 196, "lora_B_with_gradient": 196, "ok": True}, "lora_grads_s": 150.0,
+              "train_resume": {"steps": steps, "ok": True}, "train_resume_s": 400.0,
+              "memory": {"peak_rss_gib_after": {"build": 5.1, "lora_grads": 7.8, "train_resume": 9.1},
+                         "rss_gib_after": {"build": 1.0, "lora_grads": 3.0, "train_resume": 3.5},
+                         "weights_estimate_gib": 2.59, "dtype": "bfloat16", "load_in_4bit": True}}
+    path = tmp_path / "data" / "gpu_check" / readme.CPU_REHEARSAL_JSON
+    path.write_text(json.dumps(report))
+    text = readme.cpu_rehearsal_block()
+    assert "**passed** in 10.0 min" in text and "| lora_grads | 196/196 LoRA B matrices" in text
+    assert "grad norms 0.5, 1, 1.5 | 400 | 9.10 | 3.50 |" in text and "**2.59 GiB**" in text and "**9.10 GiB**" in text
+    assert "One RLSD step on this CPU: 83-83 s" in text
+    report.update(ok=False, lora_grads={"ok": False, "error": "RuntimeError: no gradient"})
+    path.write_text(json.dumps(report))
+    text = readme.cpu_rehearsal_block()
+    assert "**FAILED**" in text and "| lora_grads | failed: RuntimeError: no gradient |" in text

@@ -158,6 +158,34 @@ def test_teacher_sees_the_students_image_tensors(tmp_path):
     assert torch.equal(trainer._rlsd_teacher_logps(other, out), t_BT)
 
 
+def test_teacher_tokens_skip_the_image_processor_and_equal_trls_tokenization(tmp_path, monkeypatch):
+    """The teacher prompts' ids and mm_token_type_ids, built from TRL's image tensors, are exactly what TRL's own
+    `_tokenize_prompts` (which runs the image processor) gives -- on images of two sizes (different token counts)."""
+    trainer = make_trainer(RLSDGRPOTrainer, tmp_path)
+    data = rows([Image.new("RGB", (64, 64), (220, 30, 30)), Image.new("RGB", (96, 64), (40, 70, 220))])
+    torch.manual_seed(1)
+    out = trainer._generate_and_score_completions(data)
+    prompts = trainer._rlsd_teacher_prompts(data)
+    expected_ids, _, expected_fields = trainer._tokenize_prompts(prompts)
+    assert len({len(ids) for ids in expected_ids}) == 2  # the two image sizes do give different prompt lengths
+
+    processor = trainer.processing_class
+    calls = []
+    monkeypatch.setattr(type(processor.image_processor), "__call__", lambda *a, **k: calls.append(1) or 1 / 0)
+    ids, fields = trainer._rlsd_teacher_tokens(prompts, out)
+    assert not calls  # the image processor did not run
+    assert [list(x) for x in ids] == [list(x) for x in expected_ids]
+    assert set(fields) == {k for k in expected_fields if k in ("token_type_ids", "mm_token_type_ids")} != set()
+    for k in fields:
+        assert [list(x) for x in fields[k]] == [list(x) for x in expected_fields[k]]
+    trainer._rlsd_teacher_logps(data, out)  # the whole teacher pass takes the same path
+
+    # negative case: other image tensors (the rows' images swapped) expand to other counts, and the pass refuses
+    swapped = {**out, "prompt_ids": out["prompt_ids"].flip(0)}
+    with pytest.raises(RuntimeError, match="image tokens per row"):
+        trainer._rlsd_teacher_logps(data, swapped)
+
+
 def test_snapshot_sync_and_metrics_through_trls_logger(tmp_path):
     from transformers import TrainerCallback
 

@@ -102,6 +102,12 @@ class RLSDGRPOConfig(GRPOConfig):
             bad("rlsd_teacher_template", f"only {{prompt}} and {{answer}} may be used ({type(e).__name__}: {e})")
 
 
+def token_fields_with_completion(fields_BP: dict, completion_ids_BT: torch.Tensor) -> dict:
+    """TRL 1.16's per-token type fields (`TOKEN_FIELDS`, one (B, P) tensor each) over prompt + completion: the
+    prompt's values, then zeros on the completion's tokens, as TRL's loss forward lays them out."""
+    return {k: torch.cat([v_BP, v_BP.new_zeros(completion_ids_BT.shape)], dim=1) for k, v_BP in fields_BP.items()}
+
+
 def teacher_prompt(prompt, answer: str, template: str = DEFAULT_TEACHER_TEMPLATE):
     """The teacher's version of one TRL prompt: the text of its last user turn becomes
     `template.format(prompt=text, answer=answer)`; image parts and other turns are kept. A plain-text
@@ -172,26 +178,52 @@ class RLSDGRPOTrainer(GRPOTrainer):
             prompts = [prepare_multimodal_messages(p, images=im) for p, im in zip(prompts, images, strict=True)]
         return prompts
 
+    def _rlsd_teacher_tokens(self, prompts: list, output: dict) -> tuple[list, dict]:
+        """The teacher prompts' token ids (one list per row) and per-token fields, as TRL's `_tokenize_prompts`
+        returns them, but without running the image processor again where the processor can expand its image
+        placeholders from TRL's image tensors (the Qwen-VL family: `replace_image_token` reads `image_grid_thw`).
+
+        The teacher's images are the student's, so each placeholder expands to the student's count; only the text
+        differs. Render the chat template, expand the placeholders, tokenize: what the processor itself does after
+        its image step (transformers 5.20, `ProcessorMixin.__call__`). Any other processor: TRL's own path."""
+        processor = self.processing_class
+        image_inputs = {k: output[k] for k in IMAGE_FIELDS if k in output}
+        n_images = sum(part.get("type") == "image" for p in prompts if not isinstance(p, str)
+                       for m in p if isinstance(m.get("content"), list) for part in m["content"])
+        fast = (n_images > 0 and "image_grid_thw" in image_inputs and getattr(processor, "image_token", None)
+                and hasattr(processor, "replace_image_token") and hasattr(processor, "get_text_with_replacements"))
+        if not fast:
+            prompt_ids, _, fields = self._tokenize_prompts(prompts)
+            return prompt_ids, fields
+        texts = processor.apply_chat_template(conversation=prompts, chat_template=self.chat_template,
+                                              add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs)
+        replacements = [processor.replace_image_token(image_inputs, image_idx=i) for i in range(n_images)]
+        texts, _ = processor.get_text_with_replacements(list(texts), replacements)
+        bos = processor.tokenizer.bos_token  # as transformers' apply_chat_template: a template that writes BOS
+        encoded = processor(text=texts, add_special_tokens=not (bos and texts[0].startswith(bos)))
+        return encoded["input_ids"], {k: v for k, v in encoded.items() if k in TOKEN_FIELDS}
+
     @torch.no_grad()
     def _rlsd_teacher_logps(self, inputs: list[dict], output: dict) -> torch.Tensor:
         """log P_T(y_t) of the batch's completions after the teacher prompts, (B, T): one no-grad forward with the
         teacher's weights and the student's image tensors from TRL's `output`."""
         device = self.accelerator.device
-        # TRL 1.16: _tokenize_prompts applies the chat template (and processor) exactly as for the student prompts.
-        prompt_ids, _, fields = self._tokenize_prompts(self._rlsd_teacher_prompts(inputs))
+        prompt_ids, fields = self._rlsd_teacher_tokens(self._rlsd_teacher_prompts(inputs), output)
         prompt_ids_BP = pad([torch.as_tensor(ids) for ids in prompt_ids], self._tokenizer.pad_token_id, "left",
                             self.pad_to_multiple_of).to(device)
         prompt_mask_BP = pad([torch.ones(len(ids), dtype=torch.long) for ids in prompt_ids], 0, "left",
                              self.pad_to_multiple_of).to(device)
         completion_ids_BT, completion_mask_BT = output["completion_ids"], output["completion_mask"]
-        if "image_grid_thw" in output and not torch.equal(torch.as_tensor(fields["image_grid_thw"]).to(device),
-                                                          output["image_grid_thw"]):
-            raise RuntimeError("RLSD teacher: the teacher prompts' images do not match the student's (image_grid_thw)")
+        image_token_id = getattr(self.processing_class, "image_token_id", None)
+        if image_token_id is not None and "image_grid_thw" in output:  # the same images: the same image tokens
+            teacher_B, student_B = ((ids == image_token_id).sum(1) for ids in (prompt_ids_BP, output["prompt_ids"]))
+            if not torch.equal(teacher_B, student_B):
+                raise RuntimeError(f"RLSD teacher: image tokens per row {teacher_B.tolist()} differ from the "
+                                   f"student's {student_B.tolist()} (the teacher must see the student's images)")
         model_kwargs = {k: output[k] for k in IMAGE_FIELDS if k in output}  # the SAME pixels as the student's
-        for k in TOKEN_FIELDS:  # one value per token: the teacher prompt's own, zeros on the completion (as TRL)
-            if k in output:
-                types_BP = pad([torch.as_tensor(t) for t in fields[k]], 0, "left", self.pad_to_multiple_of).to(device)
-                model_kwargs[k] = torch.cat([types_BP, types_BP.new_zeros(completion_ids_BT.shape)], dim=1)
+        types_BP = {k: pad([torch.as_tensor(t) for t in fields[k]], 0, "left", self.pad_to_multiple_of).to(device)
+                    for k in TOKEN_FIELDS if k in output}
+        model_kwargs.update(token_fields_with_completion(types_BP, completion_ids_BT))
         mode = "train" if self.model.training else "eval"
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
         with self.rlsd_teacher.active(), disable_gradient_checkpointing(self.model,

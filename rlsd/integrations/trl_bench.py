@@ -11,8 +11,10 @@ model and seed for `steps` optimizer steps (the first `warmup` dropped), so drif
 
 Reported: the median step of each (median over rounds of each run's median), the extra step time of RLSD, the
 teacher pass alone (`_rlsd_teacher_logps`: teacher-prompt tokenization + one no-grad forward of the completions),
-and one no-grad forward of the student's batch as the unit: `rlsd_extra_over_forward` = (RLSD - GRPO) / forward.
-An ideal subclass adds exactly one no-grad forward (the teacher's) and nothing else.
+its tokenization alone (`teacher_tokenize_s`), the mean prompt lengths of student and teacher (the teacher prompt
+carries the reference answer and the instruction: a longer sequence), and one no-grad forward of the student's batch
+as the unit: `rlsd_extra_over_forward` = (RLSD - GRPO) / forward. An ideal subclass adds one no-grad forward at
+the teacher's length (the teacher's) and nothing else.
 """
 
 from __future__ import annotations
@@ -74,16 +76,16 @@ def _trainer(anchor, cls, model_dir: str, processor, dataset, out_dir: str, step
 
 def _no_grad_forward_s(trainer, output: dict, repeats: int = 5) -> float:
     """Median seconds of one no-grad forward of the student's batch (prompt + completions, the same image tensors)."""
-    from rlsd.integrations.trl import IMAGE_FIELDS, TOKEN_FIELDS
+    from rlsd.integrations.trl import IMAGE_FIELDS, TOKEN_FIELDS, token_fields_with_completion
 
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
     mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
     kwargs = {k: output[k] for k in IMAGE_FIELDS if k in output}
-    for k in TOKEN_FIELDS:  # per-token fields: the prompt's, zeros on the completion (as TRL 1.16's loss forward)
-        if k in output:
-            v = output[k]
-            kwargs[k] = v if v.size(1) == ids.size(1) else torch.cat(
-                [v, v.new_zeros(output["completion_ids"].shape)], dim=1)
+    # TRL 1.16's output already holds its per-token fields over prompt + completion; a prompt-length one is extended.
+    fields = {k: output[k] for k in TOKEN_FIELDS if k in output}
+    kwargs.update({k: v for k, v in fields.items() if v.size(1) == ids.size(1)})
+    kwargs.update(token_fields_with_completion({k: v for k, v in fields.items() if v.size(1) != ids.size(1)},
+                                               output["completion_ids"]))
     times = []
     with torch.no_grad():
         for _ in range(repeats):
@@ -118,7 +120,7 @@ def side_by_side(anchor_script: str, rounds: int = 3, steps: int = 12, warmup: i
     dataset = anchor.make_dataset(a["n_prompts"], a["seed"], False)
 
     runs = {"grpo": [], "rlsd": []}
-    teacher_s, forward_s = [], []
+    teacher_s, forward_s, tokenize_s, lengths = [], [], [], {"teacher": [], "student": []}
     for r in range(rounds):
         for name, cls in (("grpo", GRPOTrainer), ("rlsd", RLSDGRPOTrainer)):
             torch.manual_seed(a["seed"])
@@ -138,6 +140,16 @@ def side_by_side(anchor_script: str, rounds: int = 3, steps: int = 12, warmup: i
                         captured["output"] = output
 
                 trainer._rlsd_teacher_logps = timed_teacher
+                tokens = trainer._rlsd_teacher_tokens
+
+                def timed_tokens(prompts, output, tokens=tokens, captured=captured):
+                    t0 = time.perf_counter()
+                    ids, fields = tokens(prompts, output)
+                    captured.setdefault("tokenize_s", []).append(time.perf_counter() - t0)
+                    captured["teacher_prompt_tokens"] = statistics.mean(len(x) for x in ids)
+                    return ids, fields
+
+                trainer._rlsd_teacher_tokens = timed_tokens
             trainer.train()
             timed = [rec["step_s"] for rec in records[warmup:]]
             if not timed:
@@ -146,6 +158,9 @@ def side_by_side(anchor_script: str, rounds: int = 3, steps: int = 12, warmup: i
             if name == "rlsd":
                 teacher_s.append(statistics.median(captured["teacher_s"][warmup:] or captured["teacher_s"]))
                 forward_s.append(_no_grad_forward_s(trainer, captured["output"]))
+                tokenize_s.append(statistics.median(captured["tokenize_s"][warmup:] or captured["tokenize_s"]))
+                lengths["teacher"].append(captured["teacher_prompt_tokens"])
+                lengths["student"].append(float(captured["output"]["prompt_mask"].sum(1).float().mean()))
             del trainer
 
     grpo, rlsd = statistics.median(runs["grpo"]), statistics.median(runs["rlsd"])
@@ -162,4 +177,7 @@ def side_by_side(anchor_script: str, rounds: int = 3, steps: int = 12, warmup: i
         "rlsd_teacher_s": round(teacher, 4), "no_grad_forward_s": round(forward, 4),
         "rlsd_extra_over_forward": round((rlsd - grpo) / forward, 3),
         "teacher_over_forward": round(teacher / forward, 3),
+        "teacher_tokenize_s": round(statistics.median(tokenize_s), 4),
+        "prompt_tokens_mean": {k: round(statistics.mean(v), 1) for k, v in lengths.items()},
+        "completion_tokens_max": a["max_completion_length"],
     }
