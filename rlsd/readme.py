@@ -225,7 +225,21 @@ def trl_block() -> str:
             f"**{t['grpo_step_s']:.2f} s**, RLSDGRPOTrainer **{t['rlsd_step_s']:.2f} s** "
             f"(x{t['rlsd_over_grpo']:.2f}). RLSD's extra time is **{t['rlsd_extra_over_forward']:.2f} no-grad "
             f"forwards** of the batch ({t['no_grad_forward_s']:.2f} s each); the teacher pass alone (teacher-prompt "
-            f"tokenization with its images + one no-grad forward) is {t['teacher_over_forward']:.2f} forwards.")
+            f"tokenization + one no-grad forward) is {t['teacher_over_forward']:.2f} forwards." + _trl_lengths(t))
+
+
+def _trl_lengths(t: dict) -> str:
+    """Why the teacher pass costs what it does: its sequence length beside the student's (older reports lack it)."""
+    if "prompt_tokens_mean" not in t:
+        return ""
+    n, c = t["prompt_tokens_mean"], t["completion_tokens_max"]
+    ratio = (n["teacher"] + c) / (n["student"] + c)
+    return (f" Its tokenization takes {t['teacher_tokenize_s'] * 1000:.0f} ms (the image placeholders are expanded "
+            f"from TRL's image tensors; the image processor does not run again); the rest is the forward, whose "
+            f"sequence is {ratio:.2f}x the student's: the teacher prompt is {n['teacher']:.0f} tokens against "
+            f"{n['student']:.0f} (the anchor's byte-level tokenizer spells the reference answer and the instruction "
+            f"one byte per token), plus up to {c} completion tokens. Per token of sequence, the teacher pass is "
+            f"{t['teacher_over_forward'] / ratio:.2f} forwards.")
 
 
 def gpu_check_block() -> str:

@@ -310,6 +310,10 @@ def test_trl_side_by_side_times_both_trainers_on_the_anchor_batch(monkeypatch):
     assert r["rlsd_teacher_s"] > 0 and r["no_grad_forward_s"] > 0 and r["grpo_step_s"] > 0
     assert r["rlsd_extra_s"] == pytest.approx(r["rlsd_step_s"] - r["grpo_step_s"], abs=1e-3)
     assert r["rlsd_extra_over_forward"] == pytest.approx(r["rlsd_extra_s"] / r["no_grad_forward_s"], rel=0.01)
+    # the teacher prompt carries the reference and the instruction: longer than the student's; tokenizing it is a
+    # part of the teacher pass
+    assert r["prompt_tokens_mean"]["teacher"] > r["prompt_tokens_mean"]["student"] > 0
+    assert 0 < r["teacher_tokenize_s"] < r["rlsd_teacher_s"]
 
 
 def test_trl_side_by_side_refuses_a_file_that_is_not_the_anchor(tmp_path):
