@@ -748,9 +748,13 @@ def test_sampling_is_seeded_per_item_so_any_batch_size_gives_the_same_responses(
 
 def test_a_resumed_benchmark_reproduces_its_responses_at_any_batch_size(tmp_path, monkeypatch, live_pid):
     from test_benchmark_cli import build_data_dir, tiny_config
+    from test_benchmarks import SHARED
 
     from rlsd.benchmarks import run as R
     from rlsd.files import RunLockedError
+
+    if not SHARED.is_dir():  # build_data_dir copies real annotation rows from there, as the other benchmark tests
+        pytest.skip(f"real benchmark files not found at {SHARED}")
 
     data_dir, cache = build_data_dir(tmp_path / "data"), tmp_path / "cache"
     options = dict(benchmarks=("mathvista",), limit=3, max_new_tokens=12)
